@@ -1,0 +1,1 @@
+"""Diffusion models on small images: schedules, objectives, samplers, a U-Net, Lightning wiring."""

@@ -1,0 +1,83 @@
+"""Reading checkpoints safely: tensors and plain containers only, never code (``weights_only=True``)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffusion.errors import ConfigError
+
+
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> Path | None:
+    """``last`` means the run directory's own ``checkpoints/last.ckpt``."""
+    if ckpt_path is None:
+        return None
+    path = run_dir / "checkpoints" / "last.ckpt" if str(ckpt_path) == "last" else Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} does not exist; check ckpt_path (use ckpt_path=last inside the run directory)")
+    return path
+
+
+def export_safetensors(state_dict: dict[str, torch.Tensor], info: dict[str, Any], path: str | Path) -> Path:
+    """Weights-only export: the tensors, and the config needed to rebuild the model as JSON metadata."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(tmp), metadata={"diffusion": json.dumps(info)})
+    tmp.replace(path)
+    return path
+
+
+def _load_safetensors(path: Path) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        state_dict = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ConfigError(f"{path} is not a readable safetensors file ({str(err).splitlines()[0]})") from None
+    if "diffusion" not in metadata:
+        raise ConfigError(f"{path} lacks the model config in its metadata; export it with this framework's train.py")
+    return {"state_dict": state_dict, "diffusion": json.loads(metadata["diffusion"])}
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A train.py checkpoint (.ckpt, read with ``weights_only=True``) or its .safetensors export."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} does not exist; pass the path of a .ckpt written by train.py")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).splitlines()[0]
+        raise ConfigError(f"refusing to load {path}: it holds objects other than tensors and plain data ({first})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise ConfigError(f"{path} is not a readable checkpoint (truncated or another format: {str(err).splitlines()[0]})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "diffusion" not in checkpoint:
+        raise ConfigError(f"{path} is not a checkpoint written by this framework's train.py")
+    return checkpoint
+
+
+def check_compatible(module: nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Fail with one line when a checkpoint's weights do not fit the configured model."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    wrong = [k for k in own.keys() & state_dict.keys() if own[k].shape != state_dict[k].shape]
+    if missing or unexpected or wrong:
+        example = (wrong or missing or unexpected)[0]
+        raise ConfigError(
+            f"checkpoint {path} was trained with a different model config ({len(missing)} missing, {len(unexpected)} "
+            f"unexpected, {len(wrong)} mis-shaped tensors, e.g. {example}); use the model= settings it was trained with"
+        )

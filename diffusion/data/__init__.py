@@ -1,0 +1,1 @@
+"""Sprite data: the embedded procedural generator, the course's .npy files and folders of PNGs."""

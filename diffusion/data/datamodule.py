@@ -1,0 +1,230 @@
+"""In-memory sprite data for Lightning.
+
+The whole data set is one uint8 tensor (the course's 89,400 sprites are 69 MB). Batches are drawn by
+index and scaled to [-1, 1] in bulk after they reach the device, so there are no per-image
+transforms and no loader workers. Sharding across DDP ranks is done here, by the batch sampler
+(so the trainer runs with ``use_distributed_sampler=False``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from diffusion.data import sources
+from diffusion.errors import ConfigError
+
+
+class IndexedTensors(Dataset):
+    """A dataset whose items are whole batches: ``ds[index_tensor]`` slices every tensor at once."""
+
+    def __init__(self, *tensors: Tensor):
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, index: Tensor) -> tuple[Tensor, ...]:
+        return tuple(t[index] for t in self.tensors)
+
+
+class ShardedBatches(Sampler):
+    """Index batches for one rank: a permutation shared by all ranks (seeded by seed + epoch), dealt
+    round-robin so ranks see disjoint images, cut into batches. Every rank gets the same number of
+    batches, or DDP would wait forever on the rank with one batch more."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = True):
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        per_rank = self.n // self.world_size
+        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.n)
+        per_rank = self.n // self.world_size
+        mine = order[self.rank :: self.world_size][:per_rank]
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            yield mine[start : start + self.batch_size]
+
+
+class SpriteDataModule(L.LightningDataModule):
+    """Base class: subclasses implement ``load()`` returning (images uint8 NHWC, labels int64 or None, class names).
+
+    Args:
+        batch_size: images per optimizer step on each process.
+        val_fraction: share of the images held out for validation and FID reference statistics.
+        split_seed: seed of the fixed train/validation split.
+        hflip: flip training images horizontally at random (off by default: side-facing sprites
+            have a direction).
+    """
+
+    def __init__(self, batch_size: int = 128, val_fraction: float = 0.05, split_seed: int = 0, hflip: bool = False, seed: int = 0):
+        super().__init__()
+        if not (isinstance(batch_size, int) and batch_size >= 1):
+            raise ConfigError(f"data.batch_size={batch_size} must be a positive integer")
+        if not 0 <= val_fraction < 1:
+            raise ConfigError(f"data.val_fraction={val_fraction} must be in [0, 1)")
+        self.batch_size, self.val_fraction, self.split_seed = batch_size, val_fraction, split_seed
+        self.hflip, self.seed = hflip, seed
+        self.class_names: list[str] = []
+        self.train_set: IndexedTensors | None = None
+        self.val_set: IndexedTensors | None = None
+
+    # -- what a subclass provides -------------------------------------------------------------
+    def load(self) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+        raise NotImplementedError
+
+    # -- Lightning hooks -------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        images, labels, self.class_names = self.load()
+        images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+        labels = torch.from_numpy(labels) if labels is not None else torch.full((len(images),), -1, dtype=torch.long)
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.split_seed))
+        n_val = int(round(len(images) * self.val_fraction))
+        if len(images) - n_val < 1:
+            raise ConfigError(f"data set of {len(images)} images leaves nothing to train on with val_fraction={self.val_fraction}")
+        val, train = order[:n_val], order[n_val:]
+        self.train_set = IndexedTensors(images[train], labels[train])
+        self.val_set = IndexedTensors(images[val], labels[val])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_size(self) -> int:
+        assert self.train_set is not None, "call setup() first"
+        return self.train_set.tensors[0].shape[-1]
+
+    def _loader(self, dataset: IndexedTensors, shuffle: bool) -> DataLoader:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        batch_size = min(self.batch_size, len(dataset) // world) if not shuffle else self.batch_size
+        if shuffle and len(dataset) // world < batch_size:
+            raise ConfigError(
+                f"data.batch_size={batch_size} exceeds the {len(dataset) // world} training images per process; lower data.batch_size"
+            )
+        sampler = ShardedBatches(len(dataset), max(batch_size, 1), shuffle, self.seed, rank, world, drop_last=shuffle)
+        return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels = batch
+        x = images.float().div_(127.5).sub_(1)
+        if self.hflip and self.trainer is not None and self.trainer.training:
+            flip = torch.rand(x.shape[0], device=x.device) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x, labels
+
+    def real_images(self, split: str = "val") -> Tensor:
+        """uint8 (N, 3, H, W) images of a split, e.g. the FID reference set."""
+        self.setup()
+        return (self.val_set if split == "val" else self.train_set).tensors[0]
+
+
+class ProceduralSprites(SpriteDataModule):
+    """The embedded generator (``diffusion.data.procedural``), cached as .npz after the first run."""
+
+    def __init__(self, n: int = 60000, generator_seed: int = 0, cache_dir: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if n < 10:
+            raise ConfigError(f"data.n={n} is too small; generate at least 10 sprites")
+        self.n, self.generator_seed = n, generator_seed
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
+
+    def _cache_path(self) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        from diffusion.data import procedural
+
+        source = Path(procedural.__file__).read_bytes()
+        tag = hashlib.sha1(source).hexdigest()[:10]
+        return self.cache_dir / f"procedural_{self.n}_{self.generator_seed}_{tag}.npz"
+
+    def prepare_data(self) -> None:
+        path = self._cache_path()
+        if path is not None and not path.exists():
+            images, labels = self._generate()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, images=images, labels=labels)
+            tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+
+    def _generate(self):
+        from diffusion.data import procedural
+
+        return procedural.generate_sprites(self.n, seed=self.generator_seed)
+
+    def load(self):
+        from diffusion.data.procedural import CLASSES
+
+        path = self._cache_path()
+        if path is not None:
+            self.prepare_data()
+            with np.load(path) as cached:
+                images, labels = cached["images"], cached["labels"]
+        else:
+            images, labels = self._generate()
+        return images, labels, list(CLASSES)
+
+
+class NpySprites(SpriteDataModule):
+    """The course's files: ``images`` uint8 (N, 16, 16, 3) and one-hot ``labels`` (N, C) in ``dir``.
+
+    The number of classes comes from the labels file; ``labels: null`` trains unconditionally."""
+
+    def __init__(
+        self,
+        dir: str = "data/sprites",
+        images: str = "sprites_1788_16x16.npy",
+        labels: str | None = "sprite_labels_nc_1788_16x16.npy",
+        class_names: list[str] | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.dir, self.images, self.labels, self.class_names_override = dir, images, labels, class_names
+
+    def load(self):
+        return sources.load_sprite_files(self.dir, self.images, self.labels, self.class_names_override)
+
+
+class ImageFolder(SpriteDataModule):
+    """Any folder of PNGs or sprite sheets (``cell_size`` > 0 cuts sheets into cells); labels from sub-folders."""
+
+    def __init__(
+        self,
+        dir: str = "data/images",
+        image_size: int = 16,
+        cell_size: int | None = None,
+        background: tuple[int, int, int] = (255, 255, 255),
+        labels_from_subfolders: bool = True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.dir, self.size, self.cell_size = dir, image_size, cell_size
+        self.background, self.labels_from_subfolders = tuple(background), labels_from_subfolders
+
+    def load(self):
+        return sources.load_image_folder(self.dir, self.size, self.cell_size, self.background, self.labels_from_subfolders)

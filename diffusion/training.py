@@ -1,0 +1,118 @@
+"""The body of train.py: build everything from the config, fit, and leave the run's artefacts behind."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import WeightAveraging
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from diffusion import images
+from diffusion.builders import build_module
+from diffusion.callbacks import class_cycle
+from diffusion.checkpoints import check_compatible, export_safetensors, load_checkpoint, resolve_ckpt_path
+from diffusion.errors import ConfigError
+
+
+DIVERGED_VALUE = 1e9
+
+
+def fast_bf16_available() -> bool:
+    """Whether bf16 autocast is a speed-up here: CUDA with bf16, or a CPU with AVX512-BF16 or AMX."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(cfg: DictConfig) -> None:
+    if cfg.trainer.get("precision") == "auto":
+        with open_dict(cfg):
+            cfg.trainer.precision = "bf16-mixed" if fast_bf16_available() else "32-true"
+
+
+def check_run_dir(run_dir: Path, resuming: bool) -> None:
+    """Refuse to train over an earlier run's checkpoints, and fail early on an unwritable directory."""
+    ckpt_dir = run_dir / "checkpoints"
+    if not resuming and ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
+        raise ConfigError(
+            f"run directory {run_dir} already holds checkpoints; resume it with ckpt_path=last "
+            "or choose a new hydra.run.dir"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(run_dir, os.W_OK):
+        raise ConfigError(f"run directory {run_dir} is not writable; choose another hydra.run.dir")
+
+
+def instantiate_all(group: DictConfig | None) -> list[Any]:
+    return [instantiate(node) for node in (group or {}).values() if node is not None]
+
+
+def final_metrics(trainer: L.Trainer) -> dict[str, float]:
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    metrics.update(step=trainer.global_step, epoch=trainer.current_epoch)
+    return metrics
+
+
+def write_final_samples(module, cfg: DictConfig, run_dir: Path) -> None:
+    n, seed = cfg.final_samples.n, cfg.final_samples.seed
+    generator = torch.Generator().manual_seed(seed)
+    labels = class_cycle(n, module.num_classes)
+    x = module.sample(n, labels=labels, generator=generator)
+    pictures = images.to_uint8(x)
+    images.save_png(images.grid(pictures, ncols=8), run_dir / "samples" / "final.png")
+    label_array = labels.numpy() if labels is not None else -torch.ones(n, dtype=torch.long).numpy()
+    images.save_npz(pictures, label_array, run_dir / "samples" / "final.npz")
+
+
+def train(cfg: DictConfig) -> float:
+    run_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
+    check_run_dir(run_dir, resuming=ckpt_path is not None)
+    resolve_precision(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    module = build_module(cfg, datamodule.num_classes, datamodule.image_size, datamodule.class_names)
+    if ckpt_path is not None:
+        check_compatible(module, load_checkpoint(ckpt_path)["state_dict"], ckpt_path)
+
+    callbacks = instantiate_all(cfg.get("callbacks"))
+    # The EMA swap-back at the end of validation must come after every callback that samples.
+    callbacks.sort(key=lambda cb: isinstance(cb, WeightAveraging))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.get("logger")) or False)
+
+    if trainer.is_global_zero:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    metrics = final_metrics(trainer)
+    if module.validated_at_step != trainer.global_step and trainer.global_step > 0:
+        # Stopped by max_steps mid-epoch: validate the final weights so the run ends with fresh figures.
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        metrics.update(final_metrics(trainer))
+    if cfg.optimized_metric not in metrics:
+        raise ConfigError(f"optimized_metric={cfg.optimized_metric} was never logged; choose one of {', '.join(metrics)}")
+    value = metrics[cfg.optimized_metric]
+    if not math.isfinite(value):
+        # A NaN would stop an Optuna sweep: report a large finite figure and say why.
+        metrics["diverged"] = f"{cfg.optimized_metric} was {value}; returned {DIVERGED_VALUE:g} to the sweeper"
+        value = DIVERGED_VALUE
+    if trainer.is_global_zero:
+        # After fit the module holds the EMA weights (the averaging callback copies them in at the end).
+        export_safetensors(module.state_dict(), module.checkpoint_info(), run_dir / "checkpoints" / "final.safetensors")
+        write_final_samples(module, cfg, run_dir)
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return value

@@ -1,0 +1,25 @@
+"""Sample from a trained model: `python sample.py ckpt=PATH n=64 seed=0 out=DIR`.
+
+Options: sampler=<ddpm|ddim|euler|euler_ancestral|heun|lms|dpmpp_2m> steps=N label=<name|index|uncond>
+guidance=W trajectory=true. Writes DIR/samples.npz (uint8 images (n, 16, 16, 3) and labels, the
+course's layout), DIR/grid.png and, with trajectory=true, DIR/trajectory.gif.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from diffusion.cli import reports_user_errors
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="sample")
+@reports_user_errors
+def main(cfg: DictConfig) -> None:
+    from diffusion.generation import sample_to_folder
+
+    sample_to_folder(cfg)
+
+
+if __name__ == "__main__":
+    main()

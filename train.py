@@ -1,0 +1,27 @@
+"""Train a diffusion model: `python train.py [group=option ...] [key=value ...]`.
+
+Examples:
+    python train.py                                   # DDPM on the embedded procedural sprites
+    python train.py experiment=course data=sprites    # the DeepLearning.AI course's setup
+    python train.py schedule=edm objective=edm sampler=heun trainer.max_epochs=10
+    python train.py hydra.run.dir=runs/mine ckpt_path=last   # resume that run
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from diffusion.cli import reports_user_errors
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@reports_user_errors
+def main(cfg: DictConfig) -> float:
+    from diffusion.training import train  # imported here so `--help` stays fast
+
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()
