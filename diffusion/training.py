@@ -80,7 +80,7 @@ def train(cfg: DictConfig) -> float:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     check_run_dir(run_dir, resuming=ckpt_path is not None)
     resolve_precision(cfg)
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # no INFO line on stderr ahead of a user error
 
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
