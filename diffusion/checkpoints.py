@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -12,6 +13,19 @@ import torch
 from torch import nn
 
 from diffusion.errors import ConfigError
+
+
+def check_run_dir(run_dir: Path, resuming: bool) -> None:
+    """Refuse to train over an earlier run's checkpoints, and fail early on an unwritable directory."""
+    ckpt_dir = run_dir / "checkpoints"
+    if not resuming and ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
+        raise ConfigError(
+            f"run directory {run_dir} already holds checkpoints; resume it with ckpt_path=last "
+            "or choose a new hydra.run.dir"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(run_dir, os.W_OK):
+        raise ConfigError(f"run directory {run_dir} is not writable; choose another hydra.run.dir")
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> Path | None:

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 
+from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from diffusion.errors import ConfigError
+
+
+def wandb_mode() -> str:
+    """W&B logs live only when asked (WANDB_MODE) or when an API key is set; otherwise offline, never prompting."""
+    return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+
+
+OmegaConf.register_new_resolver("wandb_mode", wandb_mode, replace=True)
 
 
 def _user_error(err: BaseException) -> str | None:

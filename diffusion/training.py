@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from diffusion import images
 from diffusion.builders import build_module
 from diffusion.callbacks import class_cycle
-from diffusion.checkpoints import check_compatible, export_safetensors, load_checkpoint, resolve_ckpt_path
+from diffusion.checkpoints import check_compatible, check_run_dir, export_safetensors, load_checkpoint, resolve_ckpt_path
 from diffusion.errors import ConfigError
 
 
-DIVERGED_VALUE = 1e9
+FAILED_VALUE = 1e9
 
 
 def fast_bf16_available() -> bool:
@@ -41,21 +41,15 @@ def resolve_precision(cfg: DictConfig) -> None:
             cfg.trainer.precision = "bf16-mixed" if fast_bf16_available() else "32-true"
 
 
-def check_run_dir(run_dir: Path, resuming: bool) -> None:
-    """Refuse to train over an earlier run's checkpoints, and fail early on an unwritable directory."""
-    ckpt_dir = run_dir / "checkpoints"
-    if not resuming and ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
-        raise ConfigError(
-            f"run directory {run_dir} already holds checkpoints; resume it with ckpt_path=last "
-            "or choose a new hydra.run.dir"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not os.access(run_dir, os.W_OK):
-        raise ConfigError(f"run directory {run_dir} is not writable; choose another hydra.run.dir")
-
-
 def instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in (group or {}).values() if node is not None]
+
+
+def feature_versions(callbacks: list[Any]) -> dict[str, str]:
+    """Which feature network produced the FID figures: they compare only under the same one."""
+    from diffusion.fid_callback import FIDCallback
+
+    return {"fid_features": cb.version for cb in callbacks if isinstance(cb, FIDCallback) and cb.version}
 
 
 def final_metrics(trainer: L.Trainer) -> dict[str, float]:
@@ -73,6 +67,15 @@ def write_final_samples(module, cfg: DictConfig, run_dir: Path) -> None:
     images.save_png(images.grid(pictures, ncols=8), run_dir / "samples" / "final.png")
     label_array = labels.numpy() if labels is not None else -torch.ones(n, dtype=torch.long).numpy()
     images.save_npz(pictures, label_array, run_dir / "samples" / "final.npz")
+
+
+def write_plots(run_dir: Path) -> None:
+    from diffusion.plots import plot_run
+
+    try:
+        plot_run(run_dir)
+    except Exception as err:  # noqa: BLE001 - a plot must never fail a finished run
+        print(f"warning: plots not written: {err}", file=sys.stderr)
 
 
 def train(cfg: DictConfig) -> float:
@@ -99,20 +102,23 @@ def train(cfg: DictConfig) -> float:
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics = final_metrics(trainer)
-    if module.validated_at_step != trainer.global_step and trainer.global_step > 0:
+    metrics.update(feature_versions(callbacks))
+    if module.validated_at_step != trainer.global_step and trainer.global_step > 0 and datamodule.has_validation:
         # Stopped by max_steps mid-epoch: validate the final weights so the run ends with fresh figures.
         trainer.validate(module, datamodule=datamodule, verbose=False)
         metrics.update(final_metrics(trainer))
-    if cfg.optimized_metric not in metrics:
-        raise ConfigError(f"optimized_metric={cfg.optimized_metric} was never logged; choose one of {', '.join(metrics)}")
-    value = metrics[cfg.optimized_metric]
+    value = metrics.get(cfg.optimized_metric, math.nan)
     if not math.isfinite(value):
         # A NaN would stop an Optuna sweep: report a large finite figure and say why.
-        metrics["diverged"] = f"{cfg.optimized_metric} was {value}; returned {DIVERGED_VALUE:g} to the sweeper"
-        value = DIVERGED_VALUE
+        reason = "was never logged" if cfg.optimized_metric not in metrics else f"was {value}"
+        metrics["failed"] = f"{cfg.optimized_metric} {reason}; returned {FAILED_VALUE:g} to the sweeper"
+        value = FAILED_VALUE
     if trainer.is_global_zero:
         # After fit the module holds the EMA weights (the averaging callback copies them in at the end).
         export_safetensors(module.state_dict(), module.checkpoint_info(), run_dir / "checkpoints" / "final.safetensors")
         write_final_samples(module, cfg, run_dir)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_plots(run_dir)
+        if "failed" in metrics:
+            print(f"warning: {metrics['failed']}", file=sys.stderr)
     return value

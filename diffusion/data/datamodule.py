@@ -101,8 +101,14 @@ class SpriteDataModule(L.LightningDataModule):
         if len(images) - n_val < 1:
             raise ConfigError(f"data set of {len(images)} images leaves nothing to train on with val_fraction={self.val_fraction}")
         val, train = order[:n_val], order[n_val:]
+        if len(train) < self.batch_size:
+            raise ConfigError(f"data.batch_size={self.batch_size} exceeds the {len(train)} training images; lower data.batch_size")
         self.train_set = IndexedTensors(images[train], labels[train])
         self.val_set = IndexedTensors(images[val], labels[val])
+
+    @property
+    def has_validation(self) -> bool:
+        return self.val_set is not None and len(self.val_set) > 0
 
     @property
     def num_classes(self) -> int:

@@ -1,14 +1,17 @@
-"""A Hydra callback that tabulates a multirun: each job's overrides beside its final metrics."""
+"""Hydra callbacks: a guard that runs before Hydra writes into a run directory, and a multirun summary."""
 
 from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from diffusion.errors import ConfigError
 
 
 def collect_runs(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -52,3 +55,17 @@ class SweepSummary(Callback):
             return
         write_summary(rows, sweep_dir / "summary.csv")
         print(f"sweep summary ({len(rows)} runs), also in {sweep_dir / 'summary.csv'}:\n{format_table(rows)}")
+
+
+class RunDirectoryGuard(Callback):
+    """Refuse, before Hydra rewrites ``.hydra/`` in it, to start a fresh run in a directory that already
+    holds checkpoints: only ``ckpt_path=...`` (resuming) may reuse a run directory."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from diffusion.checkpoints import check_run_dir
+
+        try:
+            check_run_dir(Path(config.hydra.run.dir), resuming=config.get("ckpt_path") is not None)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
