@@ -1,0 +1,107 @@
+"""FID against NFE for every sampler on one trained model.
+
+    python -m diffusion.sampler_fid CKPT [--samplers ddpm heun ...] [--steps 5 10 20 50] [--n 1000]
+                                         [--full-ddpm] [--json out.json]
+
+Every sampler starts from the same noise (one seed) and the same class labels, so the figures
+differ only by the sampler. The reference set, the feature network and its version are those the
+model was trained with (the checkpoint's own config), as in the FID logged during training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from diffusion.builders import module_from_checkpoint
+from diffusion.callbacks import class_cycle
+from diffusion.checkpoints import load_checkpoint
+from diffusion.cli import reports_user_errors
+from diffusion.metrics import ImageQuality, build_feature_net
+from diffusion.samplers import SAMPLERS
+from diffusion.sampling import Sampler
+
+KARRAS_FAMILY = ("euler", "euler_ancestral", "heun", "lms", "dpmpp_2m")
+
+
+def sampler_for(name: str, steps: int, options: dict | None = None) -> Sampler:
+    """DDPM and DDIM walk the schedule's own levels; the Karras family the rho = 7 levels."""
+    return Sampler(name, steps, "karras" if name in KARRAS_FAMILY else "schedule", options=options)
+
+
+def steps_for_nfe(name: str, nfe: int) -> int:
+    """Heun spends 2 * steps - 1 evaluations: give it the steps that fit the same budget."""
+    return (nfe + 1) // 2 if name == "heun" else nfe
+
+
+def sample_images(module, sampler: Sampler, n: int, seed: int, batch_size: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    labels = class_cycle(n, module.num_classes)
+    chunks = []
+    for start in range(0, n, batch_size):
+        chunk_labels = labels[start : start + batch_size] if labels is not None else None
+        count = min(batch_size, n - start)
+        chunks.append(module.sample(count, labels=chunk_labels, sampler=sampler, generator=generator).cpu())
+    return torch.cat(chunks)
+
+
+@reports_user_errors
+def run(args: argparse.Namespace) -> list[dict]:
+    checkpoint = load_checkpoint(args.ckpt)
+    module = module_from_checkpoint(checkpoint).eval()
+    config = OmegaConf.create(checkpoint["diffusion"]["config"])
+    datamodule = instantiate(config.data)
+    datamodule.prepare_data()
+    metrics = config.metrics
+    feature = build_feature_net(
+        metrics.features, datamodule, metrics.feature_weights, metrics.inception_weights, metrics.cache_dir,
+        OmegaConf.to_container(metrics.train, resolve=True),
+    )
+    quality = ImageQuality(feature, kid_subsets=args.kid_subsets)
+    quality.update_real(datamodule.real_images("val"))
+
+    plan = [(name, steps_for_nfe(name, nfe)) for nfe in args.nfe for name in args.samplers]
+    if args.full_ddpm:
+        plan.append(("ddpm", getattr(module.schedule, "T", 500)))
+    rows = []
+    print(f"{'sampler':16} {'steps':>5} {'NFE':>5} {'FID':>9} {'KID':>9} {'seconds':>8}   ({quality.version}, {args.n} samples)")
+    for name, steps in plan:
+        sampler = sampler_for(name, steps)
+        start = time.perf_counter()
+        images = sample_images(module, sampler, args.n, args.seed, args.batch_size)
+        seconds = time.perf_counter() - start
+        quality.update_fake(images)
+        result = quality.compute()
+        quality.reset_fake()
+        row = {"sampler": name, "steps": steps, "nfe": sampler.nfe, "fid": result["fid"], "kid": result["kid_mean"],
+               "sampling_seconds": round(seconds, 2), "n": args.n, "features": quality.version}
+        rows.append(row)
+        print(f"{name:16} {steps:5d} {sampler.nfe:5d} {row['fid']:9.3f} {row['kid']:9.5f} {seconds:8.1f}", flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"ckpt": str(args.ckpt), "rows": rows}, indent=2) + "\n")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("ckpt", help="a checkpoint or .safetensors export from train.py")
+    parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
+    parser.add_argument("--nfe", nargs="+", type=int, default=[5, 10, 20, 50], help="model evaluations per sample")
+    parser.add_argument("--full-ddpm", action="store_true", help="also DDPM over all of the schedule's T steps")
+    parser.add_argument("--n", type=int, default=1000, help="samples per figure")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--kid-subsets", type=int, default=100)
+    parser.add_argument("--json", help="also write the rows here")
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
