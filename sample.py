@@ -10,7 +10,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from diffusion.cli import reports_user_errors
+from diffusion.cli import reports_user_errors, run_hydra_main
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
@@ -22,4 +22,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra_main(main)

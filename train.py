@@ -12,7 +12,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from diffusion.cli import reports_user_errors
+from diffusion.cli import reports_user_errors, run_hydra_main
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -24,4 +24,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra_main(main)

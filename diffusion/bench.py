@@ -7,10 +7,15 @@
 Method. Everything is measured in one process and side by side: each contender is built once and warmed
 up (warm-up steps, which include torch.compile's compilation, are never timed), then the contenders take
 turns, one chunk of steps each per repetition (A B C A B C ...), so a burst of load from another process
-hits all of them alike. Every figure is the median over repetitions, and ratios are ratios of those
-medians. On CUDA the clock is read after torch.cuda.synchronize().
+hits all of them alike. A chunk is sized from the contender's warm-up to about 1.5 s (0.5 s with --quick,
+which also takes 3 turns instead of 5, 2 sampling repetitions instead of 3, the fast samplers at --steps
+only, and skips the naive loader with workers). Every figure is the median over repetitions (turns); a
+training ratio is the median over turns of the two contenders' ratio within the turn, so load that lasts
+a turn cancels out. On CUDA the clock is read after torch.cuda.synchronize(). The report gives the share
+of CPU time that other processes took during the run (from /proc/stat): judge the figures by it.
 
-Training contenders (the same U-Net, initial weights, batch size and AdamW from conf/):
+Training contenders (the same U-Net, initial weights, batch size and AdamW from conf/; the data are
+10,000 procedural sprites from ``data.procedural``, 16x16 uint8, in memory):
 
   ours       the framework: DiffusionModule from ``builders.build_module`` (Hydra's compose API on conf/),
              the SpriteDataModule path (the sprites as one uint8 tensor in device memory, batches as
@@ -25,18 +30,20 @@ Training contenders (the same U-Net, initial weights, batch size and AdamW from 
              fp32 is what they buy (run with one option at a time to see each one's share).
   naive      the DeepLearning.AI course's pipeline: a per-item Dataset (PIL image -> ToTensor -> Normalize
              to [-1, 1]), a DataLoader with shuffle and default collate, fp32, the course's loss on the
-             same U-Net, no clipping (as in the course). Run with num_workers=0 and 2; with workers each
-             chunk first runs as many untimed steps as the workers prefetch, so a queue filled while the
-             other contenders ran is not counted. ours / naive uses the faster of the two.
+             same U-Net, no clipping (as in the course). Run with num_workers=0 and 2 (persistent workers,
+             prefetch_factor=1); with workers each chunk first runs as many untimed steps as the workers
+             prefetch, so batches queued while the other contenders ran are not counted. ours / naive
+             uses the faster of the two.
 
 Options: --channels-last stores the U-Net's weights as NHWC, which makes the convolutions (oneDNN on
 CPU, cuDNN on CUDA) work and return NHWC; --compile runs ``Module.compile()`` (TorchInductor) on the
 U-Net; bf16 is autocast (Lightning's ``bf16-mixed``): weights and optimizer stay fp32.
 
 Sampling: ``sampling.generate`` under inference_mode, in fp32 and under bf16 autocast, for the fast
-samplers at about --steps and --steps / 2 model evaluations (NFE) and for DDPM over its 500 levels. On CPU
-DDPM is timed over its first levels only and scaled to 500: every DDPM step is the same evaluation and
-update.
+samplers (conf/sampler/*.yaml) at about --steps and --steps / 2 model evaluations (NFE; Heun's steps are
+chosen so that 2 * steps - 1 stays within it), unconditional, and for ``samplers.sample_ddpm`` over the 500
+levels of conf/sampler/ddpm.yaml. DDPM is timed over all 500 levels on CUDA (100 with --quick) and over the
+first 10 (5) on CPU, and scaled to 500: every DDPM step is the same evaluation and update.
 
 Peak memory: on CUDA torch.cuda.max_memory_allocated (tensors only), reset before each chunk; on CPU the
 process's peak resident set (VmHWM in /proc/self/status), reset through /proc/self/clear_refs before each
@@ -48,7 +55,8 @@ Hardware fraction: forward FLOPs per image are counted with torch.utils.flop_cou
 one batch; a training step is taken as 3x the forward; achieved FLOP/s = 3 * forward FLOPs per image *
 images/s, divided by the rate of a large square matmul in the contender's precision (what this machine
 reaches in practice, not a datasheet peak), which takes its turns among the training contenders so that it
-is measured under the same load.
+is measured under the same load. On CUDA the fp32 matmul is true fp32 (torch's default) while cuDNN
+convolutions may use TF32 (``torch.backends.cudnn.allow_tf32``, on by default); both flags are reported.
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ import logging
 import math
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import tempfile
@@ -103,7 +112,7 @@ WARMUP_STEPS = 2
 
 @dataclass
 class Plan:
-    """How long to measure: repetitions, warm-up and chunk lengths, sampling work."""
+    """How long to measure: turns, chunk length, sampling work, sizes."""
 
     train_reps: int
     sample_reps: int
@@ -168,8 +177,6 @@ class PeakMemory:
             for line in Path("/proc/self/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) * 1024
-        import resource
-
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -341,8 +348,9 @@ def naive_contender(cfg, images, labels, device, workers: int) -> Contender:
     net = fresh_module(cfg, device).denoiser.net
     optimizer = instantiate(cfg.optimizer)(net.parameters())
     batch = cfg.data.batch_size
-    prefetch = {"persistent_workers": True, "prefetch_factor": 1} if workers else {}
-    loader = DataLoader(CourseSprites(images, labels), batch_size=batch, shuffle=True, num_workers=workers, **prefetch)
+    worker_options = {"persistent_workers": True, "prefetch_factor": 1} if workers else {}
+    dataset = CourseSprites(images, labels)
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers, **worker_options)
     batches = forever(loader)
     schedule = LinearSchedule(T=DDPM_LEVELS)
     alpha_bar = schedule.alpha_bar.float().to(device)
@@ -362,8 +370,8 @@ def naive_contender(cfg, images, labels, device, workers: int) -> Contender:
 
 
 class TakeTurns(L.Callback):
-    """Times Lightning's loop in chunks of ``steps`` batches, clock read at on_train_batch_start, and hands
-    over to the other contenders after each chunk."""
+    """Times Lightning's loop in chunks of ``contender.chunk`` batches, the clock read at on_train_batch_start,
+    and hands over to the other contenders after each chunk."""
 
     def __init__(self, contender: Contender, watch: Stopwatch, reps: int, others: Callable[[], None]):
         self.contender, self.watch, self.reps, self.others = contender, watch, reps, others
@@ -372,9 +380,9 @@ class TakeTurns(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         done = self.started - WARMUP_STEPS  # whole batches since the timed phase began
         self.started += 1
-        if done < 0:
+        if done < 0 or done % self.contender.chunk:
             return
-        if done > 0 and done % self.contender.chunk == 0:
+        if done > 0:
             self.contender.record(*self.watch.stop())
             self.others()
         if done < self.contender.chunk * self.reps:
@@ -482,9 +490,9 @@ def compare_sampling(cfg: DictConfig, plan: Plan, device: torch.device) -> list[
     jobs = sampling_jobs(module, plan, device)
     precisions = sampling_precisions(device)
     with torch.inference_mode():
-        for precision in precisions:
+        for precision in precisions:  # warm-up: the truncated DDPM run
             with autocast(device, precision):
-                generate(module.denoiser, build_sampler(sampler_config("euler"), 2), plan.sample_batch, image_size=IMAGE_SIZE, device=device)
+                jobs[0].run()
         for _ in range(plan.sample_reps):
             for job in jobs:
                 for precision in precisions:
@@ -550,6 +558,40 @@ def git_commit() -> str:
     return head.stdout.strip() + ("+local changes" if dirty else "")
 
 
+def tf32_flags(device: torch.device) -> dict:
+    if device.type != "cuda":
+        return {}
+    return {"matmul_tf32": torch.backends.cuda.matmul.allow_tf32, "cudnn_tf32": torch.backends.cudnn.allow_tf32}
+
+
+class OtherLoad:
+    """The share of the machine's CPU time that other processes (and the hypervisor) took while the bench
+    ran: all busy time in /proc/stat less this process's own (DataLoader workers count as others); None where
+    /proc is missing."""
+
+    def __init__(self):
+        self.started = self._jiffies()
+        self.wall = time.perf_counter()
+
+    @staticmethod
+    def _jiffies() -> tuple[int, int] | None:
+        try:
+            machine = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+            own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        busy = sum(machine) - machine[3] - machine[4]  # less idle and iowait; steal counts as taken
+        return busy, int(own[11]) + int(own[12])  # this process's utime + stime
+
+    def share(self) -> float | None:
+        now = self._jiffies()
+        if now is None or self.started is None:
+            return None
+        (busy0, own0), (busy1, own1) = self.started, now
+        available = (time.perf_counter() - self.wall) * os.sysconf("SC_CLK_TCK") * os.cpu_count()
+        return max(0.0, (busy1 - busy0 - (own1 - own0)) / available)
+
+
 def describe_machine(device: torch.device) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_flags_and_model()[1]
     return {
@@ -560,6 +602,7 @@ def describe_machine(device: torch.device) -> dict:
         "threads": torch.get_num_threads(),
         "commit": git_commit(),
         "load_average_start": [round(x, 2) for x in os.getloadavg()],
+        **tf32_flags(device),
     }
 
 
@@ -583,13 +626,18 @@ def training_rows(contenders: list[Contender], train_flops: float, rates: dict[s
     return rows
 
 
-def training_ratios(rows: list[dict]) -> dict:
-    ours, raw = rows[0], rows[1]
-    naive = max((r for r in rows if r["name"].startswith("naive")), key=lambda r: r["images_per_s"])
+def paired_ratio(a: Contender, b: Contender) -> float:
+    """Median over turns of a's rate over b's in the same turn: load that lasts a turn cancels out."""
+    return statistics.median(x / y for x, y in zip(a.rates, b.rates))
+
+
+def training_ratios(contenders: list[Contender]) -> dict:
+    ours, raw = contenders[0], contenders[1]
+    naive = max((c for c in contenders if c.name.startswith("naive")), key=lambda c: c.rate)
     return {
-        "ours_over_naive": ours["images_per_s"] / naive["images_per_s"],
-        "naive_used": naive["name"],
-        "ours_over_raw": ours["images_per_s"] / raw["images_per_s"],
+        "ours_over_naive": paired_ratio(ours, naive),
+        "naive_used": naive.name,
+        "ours_over_raw": paired_ratio(ours, raw),
     }
 
 
@@ -618,12 +666,13 @@ def format_training(result: dict) -> list[str]:
         spread = f"{min(r['images_per_s_reps']):.0f}..{max(r['images_per_s_reps']):.0f}"
         lines.append(
             f"  {r['name']:<30} {r['precision']:>5} {r['steps_per_chunk']:>5} {r['images_per_s']:8.1f} {spread:>13} "
-            f"{ms:8.0f} {r['peak_memory_mib']:8.0f} {r['achieved_flop_per_s'] / 1e9:8.1f} {r['fraction_of_matmul_rate']:9.1%}"
+            f"{ms:8.0f} {r['peak_memory_mib']:8.0f} {r['achieved_flop_per_s'] / 1e9:8.1f} "
+            f"{r['fraction_of_matmul_rate']:9.1%}"
         )
     ratios = t["ratios"]
     lines.append(
-        f"  ours / naive = {ratios['ours_over_naive']:.2f}x (vs {ratios['naive_used']}); "
-        f"ours / raw = {ratios['ours_over_raw']:.2f} (data path + Lightning)"
+        f"  ours / naive = {ratios['ours_over_naive']:.2f}x (vs {ratios['naive_used']}, the faster naive); "
+        f"ours / raw = {ratios['ours_over_raw']:.2f} (data path + Lightning); both medians of per-turn ratios"
     )
     if "skipped" in t:
         lines.append(f"  {t['skipped']}")
@@ -646,13 +695,20 @@ def format_sampling(result: dict) -> list[str]:
     return lines
 
 
+def cpu_taken(share: float | None) -> str:
+    return "unknown" if share is None else f"{share:.0%}"
+
+
 def format_report(result: dict) -> str:
     m, f = result["machine"], result["flops"]
     head = [
         f"diffusion.bench: model={result['model']} ({result['parameters'] / 1e6:.2f}M parameters), "
         f"precision {result['precision']}, channels_last {result['channels_last']}, compile {result['compile']}",
         f"machine: {m['device']} ({m['device_name']}), {m['cpu_cores']} CPU cores, torch {m['torch']}, "
-        f"{m['threads']} threads, commit {m['commit']}, load average {m['load_average_start']} -> {m['load_average_end']}",
+        f"{m['threads']} threads, commit {m['commit']}, "
+        f"load average {m['load_average_start']} -> {m['load_average_end']}, "
+        f"{cpu_taken(m['cpu_share_taken_by_others'])} of the CPU time taken by other processes during the run"
+        + (f", TF32 matmul {m['matmul_tf32']} cuDNN {m['cudnn_tf32']}" if "matmul_tf32" in m else ""),
         f"model: {f['forward_per_image'] / 1e9:.3f} GFLOP per image forward (FlopCounterMode), training taken as 3x; "
         f"matmul {f['matmul_size']}^2 (timed in the training turns): fp32 {f['matmul_rate']['32'] / 1e9:.0f} GFLOP/s, "
         f"bf16 {f['matmul_rate']['bf16'] / 1e9:.0f} GFLOP/s",
@@ -664,18 +720,22 @@ def format_report(result: dict) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="small", help="a conf/model config: small, course or large")
     parser.add_argument("--batch", type=int, default=100, help="training batch size")
-    parser.add_argument("--steps", type=int, default=20, help="model evaluations of the fast samplers (also half of it)")
+    parser.add_argument("--steps", type=int, default=20,
+                        help="fast samplers' model evaluations (NFE); the full run also does half")
     parser.add_argument("--precision", choices=["32", "bf16", "auto"], default="auto",
                         help="ours and raw: fp32, bf16 autocast, or bf16 where the hardware has fast bf16")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--channels-last", action="store_true", help="NHWC weights for ours and raw")
     parser.add_argument("--compile", action="store_true", help="torch.compile the U-Net of ours and raw")
     parser.add_argument("--quick", action="store_true",
-                        help="2 repetitions, shorter chunks, fast samplers at --steps only, naive without workers")
-    parser.add_argument("--sample-batch", type=int, default=None, help="images per sampling run (256 on CUDA, 32 on CPU)")
+                        help="fewer turns, shorter chunks, fast samplers at --steps only, naive without workers")
+    parser.add_argument("--sample-batch", type=int, default=None,
+                        help="images per sampling run (default 256 on CUDA, 32 on CPU, 16 on CPU with --quick)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", type=Path, help="also write the JSON result here")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config, e.g. model.base_channels=48")
@@ -691,7 +751,7 @@ def quiet_lightning() -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    start = time.perf_counter()
+    start, other_load = time.perf_counter(), OtherLoad()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -706,10 +766,11 @@ def run(args: argparse.Namespace) -> dict:
     rates = {m.precision: m.rate for m in matmuls}
     jobs = compare_sampling(cfg, plan, device)
     machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    machine["cpu_share_taken_by_others"] = other_load.share()
     rows = training_rows(contenders, 3 * forward, rates)
     training = {
         "batch": args.batch, "reps": plan.train_reps,
-        "memory_method": PeakMemory(device).method, "rows": rows, "ratios": training_ratios(rows),
+        "memory_method": PeakMemory(device).method, "rows": rows, "ratios": training_ratios(contenders),
     }
     if 2 not in plan.naive_workers:
         training["skipped"] = "--quick: naive with num_workers=2 not run"

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import zipfile
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,17 @@ def check_run_dir(run_dir: Path, resuming: bool) -> None:
             f"run directory {run_dir} already holds checkpoints; resume it with ckpt_path=last "
             "or choose a new hydra.run.dir"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not os.access(run_dir, os.W_OK):
-        raise ConfigError(f"run directory {run_dir} is not writable; choose another hydra.run.dir")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create run directory {run_dir} ({err.strerror or err}); choose another hydra.run.dir") from None
+    # os.access judges by the real user id and permission bits, which can disagree with what a write meets (the
+    # effective user id, some network file systems): creating a file (unnamed where possible: nothing is left) is the test.
+    try:
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as err:
+        raise ConfigError(f"run directory {run_dir} is not writable ({err.strerror or err}); choose another hydra.run.dir") from None
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> Path | None:
@@ -49,35 +56,58 @@ def export_safetensors(state_dict: dict[str, torch.Tensor], info: dict[str, Any]
     return path
 
 
-def _load_safetensors(path: Path) -> dict[str, Any]:
+def read_safetensors(path: str | Path, fix: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a .safetensors file; an unreadable one is a one-line error ending in ``fix``."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-        state_dict = load_file(str(path))
+        return load_file(str(path)), metadata
     except (SafetensorError, OSError, ValueError) as err:
-        raise ConfigError(f"{path} is not a readable safetensors file ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"{path} is not a readable safetensors file ({str(err).splitlines()[0]}); {fix}") from None
+
+
+def _load_safetensors(path: Path) -> dict[str, Any]:
+    state_dict, metadata = read_safetensors(path, "export it again with train.py")
     if "diffusion" not in metadata:
         raise ConfigError(f"{path} lacks the model config in its metadata; export it with this framework's train.py")
     return {"state_dict": state_dict, "diffusion": json.loads(metadata["diffusion"])}
 
 
+def _unpickling_detail(err: BaseException) -> str:
+    """The informative part of torch's weights-only error (its first line advises weights_only=False)."""
+    skip = ("Weights only load failed", "Check the documentation of torch.load")
+    lines = [line.strip() for line in str(err).splitlines() if line.strip() and not line.strip().startswith(skip)]
+    return " ".join(line.split("WeightsUnpickler error:", 1)[-1].strip() for line in lines).strip() or type(err).__name__
+
+
+def load_plain(path: Path, what: str = "checkpoint") -> Any:
+    """``torch.load(weights_only=True)``, its failures as one-line errors: a pickle that names code (a class
+    or function other than torch's plain types) is refused, anything else unreadable is reported as such."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = _unpickling_detail(err)
+        if "GLOBAL" in detail or "global" in detail:
+            raise ConfigError(f"refusing to load {path}: it holds objects other than tensors and plain data ({detail})") from None
+        raise ConfigError(f"{path} is not a readable {what} (truncated or another format: {detail})") from None
+    except Exception as err:  # noqa: BLE001 - the unpickler meets garbage with IndexError, KeyError, RuntimeError...
+        detail = (str(err).splitlines() or [""])[0] or type(err).__name__
+        raise ConfigError(f"{path} is not a readable {what} (truncated or another format: {detail})") from None
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A train.py checkpoint (.ckpt, read with ``weights_only=True``) or its .safetensors export."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"checkpoint {path} is a directory; pass a file, e.g. {path / 'checkpoints' / 'last.ckpt'}")
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist; pass the path of a .ckpt written by train.py")
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).splitlines()[0]
-        raise ConfigError(f"refusing to load {path}: it holds objects other than tensors and plain data ({first})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise ConfigError(f"{path} is not a readable checkpoint (truncated or another format: {str(err).splitlines()[0]})") from None
+    checkpoint = load_plain(path)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "diffusion" not in checkpoint:
         raise ConfigError(f"{path} is not a checkpoint written by this framework's train.py")
     return checkpoint

@@ -46,6 +46,8 @@ def load_samples(path: str | Path, image_size: int | None = None) -> tuple[torch
                 if "images" not in data:
                     raise ConfigError(f"{path} holds no `images` array (found {', '.join(data.files) or 'nothing'}); write samples with sample.py")
                 images = data["images"]
+        except ConfigError:
+            raise
         except (ValueError, OSError, EOFError) as err:
             raise ConfigError(f"cannot read samples file {path}: {err}; pass an .npz from sample.py or a folder of PNGs") from None
         if images.ndim == 4 and images.shape[1] == 3 and images.shape[-1] != 3:
@@ -132,14 +134,14 @@ def main() -> None:
     import hydra
     from omegaconf import DictConfig
 
-    from diffusion.cli import reports_user_errors
+    from diffusion.cli import reports_user_errors, run_hydra_main
 
     @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
     @reports_user_errors
     def run(cfg: DictConfig) -> None:
         evaluate(cfg)
 
-    run()
+    run_hydra_main(run)
 
 
 if __name__ == "__main__":

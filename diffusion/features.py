@@ -250,8 +250,7 @@ def save_weights(model: SpriteFeatureNet, path: str | Path, class_names: Sequenc
 
 def load_weights(path: str | Path) -> SpriteFeatureNet:
     """A network written by ``save_weights``, in eval mode, with ``version`` and ``info`` set."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
+    from diffusion.checkpoints import read_safetensors
 
     path = Path(path).expanduser()
     if not path.is_file():
@@ -259,12 +258,7 @@ def load_weights(path: str | Path) -> SpriteFeatureNet:
             f"feature-network weights {path} not found; train them with `python -m diffusion.features data=...` "
             "and pass the printed path as metrics.feature_weights=PATH"
         )
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ConfigError(f"cannot read feature-network weights {path}: {err}; retrain them with python -m diffusion.features") from None
+    state, metadata = read_safetensors(path, "retrain them with python -m diffusion.features")
     if metadata.get("arch") != ARCH_VERSION:
         raise ConfigError(
             f"{path} holds {metadata.get('arch', 'no known')} feature-network weights, not {ARCH_VERSION}; "

@@ -47,6 +47,14 @@ def check_feature_choice(features: str) -> str:
     return features
 
 
+def check_weights_file(path: str | Path) -> None:
+    """Refuse a weights file that holds anything but tensors and plain data (a pickle can run code) or
+    that torch cannot read, before a library that loads it without ``weights_only=True`` sees it."""
+    from diffusion.checkpoints import load_plain
+
+    load_plain(Path(path), "weights file")
+
+
 def inception_weights_path(path: str | Path | None = None) -> Path:
     """The Inception weights file on this machine, or a ConfigError saying which file is missing.
 
@@ -57,6 +65,7 @@ def inception_weights_path(path: str | Path | None = None) -> Path:
         candidate = Path(path).expanduser()
         if not candidate.is_file():
             raise ConfigError(f"metrics.inception_weights={path}: no such file; download {INCEPTION_URL} on a connected machine and pass its path")
+        check_weights_file(candidate)  # torch-fidelity reads it with torch.load(weights_only=False)
         return candidate
     candidate = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
     if not candidate.is_file():
@@ -64,6 +73,7 @@ def inception_weights_path(path: str | Path | None = None) -> Path:
             f"metrics.features=inception needs {INCEPTION_FILE}, not found in {candidate.parent} and nothing is downloaded here; "
             f"fetch {INCEPTION_URL} on a connected machine and pass metrics.inception_weights=PATH (or use metrics.features=sprite)"
         )
+    check_weights_file(candidate)
     return candidate
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion import images
@@ -99,7 +101,14 @@ def train(cfg: DictConfig) -> float:
 
     if trainer.is_global_zero:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        # weights_only=True: Lightning's own load of the resumed checkpoint never unpickles code either.
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException:
+        # Pre-empted: SaveOnSigterm wrote last.ckpt. Lightning's exception would exit with status 0 as if the
+        # run had finished; exit as a process killed by SIGTERM does instead (no metrics.json, no final samples).
+        print(f"training stopped by SIGTERM at step {trainer.global_step}; resume with ckpt_path=last", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
 
     metrics = final_metrics(trainer)
     metrics.update(feature_versions(callbacks))

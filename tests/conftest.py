@@ -140,3 +140,29 @@ def raises_config_error(fn, *args, **kwargs) -> str:
 def compose_config(config_name: str = "train", overrides: Iterable[str] = ()):
     with hydra_config(config_name, overrides) as cfg:
         return cfg
+
+
+class TinyRun:
+    """A finished tiny training run: ``data_dir`` (160 sprites) and ``run_dir`` (checkpoints, samples...)."""
+
+    def __init__(self, root: Path):
+        self.root, self.data_dir, self.run_dir = root, root / "data", root / "run"
+
+    @property
+    def ckpt(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.ckpt"
+
+    @property
+    def export(self) -> Path:
+        return self.run_dir / "checkpoints" / "final.safetensors"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> TinyRun:
+    """One `python train.py` run of the tiny model (4 steps), shared by the modules that need a trained
+    checkpoint. Read-only: copy it before changing anything."""
+    run = TinyRun(tmp_path_factory.mktemp("tiny-run"))
+    write_sprites(run.data_dir)
+    proc = run_script("train.py", "data=sprites", f"data.dir={run.data_dir}", f"hydra.run.dir={run.run_dir}")
+    assert proc.returncode == 0, describe(proc)
+    return run

@@ -41,7 +41,7 @@ def check_images(images: np.ndarray, where: str) -> np.ndarray:
         raise ConfigError(f"{where}: holds no images")
     if images.dtype == np.uint8:
         return images
-    if not np.issubdtype(images.dtype, np.number) or images.dtype == np.bool_:
+    if images.dtype.kind not in "uif":  # not bool, complex, timedelta, strings or objects
         raise ConfigError(f"{where}: images must be uint8 0..255 (or floats), got dtype {images.dtype}")
     if not np.isfinite(images).all():
         raise ConfigError(f"{where}: images contain NaN or infinite values; fix or regenerate the file")
