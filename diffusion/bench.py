@@ -527,14 +527,6 @@ def cpu_flags_and_model() -> tuple[str, str]:
     return info, names[0] if names else platform.machine()
 
 
-def bf16_is_fast(device: torch.device) -> bool:
-    """CUDA with bf16, or a CPU with AVX512-BF16 or AMX (as ``training.fast_bf16_available``)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    flags, _ = cpu_flags_and_model()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -543,7 +535,9 @@ def pick_device(name: str) -> torch.device:
 
 def pick_precision(name: str, device: torch.device) -> str:
     if name == "auto":
-        return "bf16" if bf16_is_fast(device) else "32"
+        from diffusion.training import fast_bf16_available
+
+        return "bf16" if fast_bf16_available(device.type) else "32"
     return name
 
 

@@ -26,9 +26,9 @@ from diffusion.errors import ConfigError
 FAILED_VALUE = 1e9
 
 
-def fast_bf16_available() -> bool:
-    """Whether bf16 autocast is a speed-up here: CUDA with bf16, or a CPU with AVX512-BF16 or AMX."""
-    if torch.cuda.is_available():
+def fast_bf16_available(device_type: str = "auto") -> bool:
+    """Whether bf16 autocast is a speed-up on the device: CUDA with bf16, or a CPU with AVX512-BF16 or AMX."""
+    if device_type in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -40,7 +40,8 @@ def fast_bf16_available() -> bool:
 def resolve_precision(cfg: DictConfig) -> None:
     if cfg.trainer.get("precision") == "auto":
         with open_dict(cfg):
-            cfg.trainer.precision = "bf16-mixed" if fast_bf16_available() else "32-true"
+            fast = fast_bf16_available(str(cfg.trainer.get("accelerator", "auto")))
+            cfg.trainer.precision = "bf16-mixed" if fast else "32-true"
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:

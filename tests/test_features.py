@@ -75,7 +75,7 @@ def test_weights_round_trip(tmp_path, sprites):
     with pytest.raises(ConfigError, match="not found"):
         load_weights(tmp_path / "missing.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a weights file")
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="not a readable safetensors file"):
         load_weights(tmp_path / "junk.safetensors")
 
 

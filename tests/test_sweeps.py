@@ -1,0 +1,49 @@
+"""Hydra multiruns: a grid sweep and a small Optuna search, each job in its own directory, then a summary."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_TRAIN, describe, run_script, write_sprites
+
+
+def sweep(tmp_path: Path, *overrides: str):
+    data = write_sprites(tmp_path / "sprites")
+    out = tmp_path / "sweep"
+    # -m must come before the overrides, so the tiny-run overrides are added here rather than by run_script.
+    args = ["-m", *TINY_TRAIN, "data=sprites", f"data.dir={data}", f"hydra.sweep.dir={out}", *overrides]
+    proc = run_script("train.py", *args, tiny=False, timeout=600)
+    assert proc.returncode == 0, describe(proc)
+    with (out / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    return proc, out, rows
+
+
+@pytest.mark.slow
+def test_grid_sweep_runs_each_job_in_its_own_directory(tmp_path: Path):
+    proc, out, rows = sweep(tmp_path, "schedule=linear,cosine")
+    assert [r["schedule"] for r in rows] == ["linear", "cosine"]
+    for job in ("0", "1"):
+        assert (out / job / "metrics.json").is_file() and (out / job / ".hydra" / "overrides.yaml").is_file()
+        assert (out / job / "checkpoints" / "last.ckpt").is_file()
+    assert all(float(r["val/fid"]) >= 0 for r in rows)
+    assert "sweep summary (2 runs)" in proc.stdout
+
+
+@pytest.mark.slow
+def test_optuna_search_minimises_the_returned_metric(tmp_path: Path):
+    proc, out, rows = sweep(
+        tmp_path,
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        "optimized_metric=val/loss",
+    )
+    assert len(rows) == 2
+    results = (out / "optimization_results.yaml").read_text()
+    assert "best_value" in results
+    best_value = float(results.split("best_value:")[1].split()[0])
+    assert best_value == pytest.approx(min(float(r["val/loss"]) for r in rows), rel=1e-6)
