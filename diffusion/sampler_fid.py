@@ -1,11 +1,13 @@
 """FID against NFE for every sampler on one trained model.
 
-    python -m diffusion.sampler_fid CKPT [--samplers ddpm heun ...] [--steps 5 10 20 50] [--n 1000]
-                                         [--full-ddpm] [--json out.json]
+    python -m diffusion.sampler_fid CKPT [--samplers ddpm heun ...] [--nfe 5 10 20 50] [--n 1000]
+                                         [--full-ddpm] [--floor] [--json out.json]
 
 Every sampler starts from the same noise (one seed) and the same class labels, so the figures
 differ only by the sampler. The reference set, the feature network and its version are those the
 model was trained with (the checkpoint's own config), as in the FID logged during training.
+``--floor`` adds the figure of n real training images against the same reference: the best a
+model can score with n samples.
 """
 
 from __future__ import annotations
@@ -70,6 +72,15 @@ def run(args: argparse.Namespace) -> list[dict]:
     if args.full_ddpm:
         plan.append(("ddpm", getattr(module.schedule, "T", 500)))
     rows = []
+    if args.floor:
+        train = datamodule.real_images("train")
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[: args.n]
+        quality.update_fake(train[pick])
+        result = quality.compute()
+        quality.reset_fake()
+        rows.append({"sampler": "training images (floor)", "steps": 0, "nfe": 0, "fid": result["fid"], "kid": result["kid_mean"],
+                     "sampling_seconds": 0.0, "n": args.n, "features": quality.version})
+        print(f"floor: {args.n} training images: FID {result['fid']:.3f}, KID {result['kid_mean']:.5f} ({quality.version})")
     print(f"{'sampler':16} {'steps':>5} {'NFE':>5} {'FID':>9} {'KID':>9} {'seconds':>8}   ({quality.version}, {args.n} samples)")
     for name, steps in plan:
         sampler = sampler_for(name, steps)
@@ -92,9 +103,10 @@ def run(args: argparse.Namespace) -> list[dict]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpt", help="a checkpoint or .safetensors export from train.py")
-    parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
-    parser.add_argument("--nfe", nargs="+", type=int, default=[5, 10, 20, 50], help="model evaluations per sample")
+    parser.add_argument("--samplers", nargs="*", default=list(SAMPLERS), choices=list(SAMPLERS))
+    parser.add_argument("--nfe", nargs="*", type=int, default=[5, 10, 20, 50], help="model evaluations per sample")
     parser.add_argument("--full-ddpm", action="store_true", help="also DDPM over all of the schedule's T steps")
+    parser.add_argument("--floor", action="store_true", help="also FID of n training images (the floor)")
     parser.add_argument("--n", type=int, default=1000, help="samples per figure")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=500)
