@@ -57,6 +57,10 @@ images/s, divided by the rate of a large square matmul in the contender's precis
 reaches in practice, not a datasheet peak), which takes its turns among the training contenders so that it
 is measured under the same load. On CUDA the fp32 matmul is true fp32 (torch's default) while cuDNN
 convolutions may use TF32 (``torch.backends.cudnn.allow_tf32``, on by default); both flags are reported.
+
+Convolution bound (CPU only): after the turns, the raw steps run 3 more steps under a dispatch mode that clocks every aten
+operator (``OperatorClock``), which gives the time spent in convolutions, forward and backward. The step can never be faster than its
+convolutions, so the naive step's time over the convolutions' time bounds ours / naive from above.
 """
 
 from __future__ import annotations
@@ -87,11 +91,12 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
-from diffusion.builders import build_module, build_sampler
+from diffusion.builders import apply_speed_options, build_module, build_sampler
 from diffusion.data.datamodule import IndexedTensors, SpriteDataModule
 from diffusion.data.procedural import CLASSES, generate_sprites
 from diffusion.denoiser import conditioned
@@ -265,13 +270,6 @@ def fresh_module(cfg: DictConfig, device: torch.device) -> DiffusionModule:
     return build_module(cfg, len(CLASSES), IMAGE_SIZE, list(CLASSES)).to(device)
 
 
-def apply_options(net: nn.Module, channels_last: bool, compile_net: bool) -> None:
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
-    if compile_net:
-        net.compile()
-
-
 def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
 
@@ -316,7 +314,7 @@ def forever(loader: DataLoader) -> Iterator:
 def raw_contender(cfg, images, labels, device, precision, channels_last, compile_net, name) -> Contender:
     """DiffusionModule's loss, backward, clipping and AdamW step on one fixed batch."""
     module = fresh_module(cfg, device)
-    apply_options(module.denoiser.net, channels_last, compile_net)
+    apply_speed_options(module.denoiser.net, channels_last, compile_net)
     optimizer = module.optimizer_factory(module.parameters())
     batch = cfg.data.batch_size
     x0 = torch.from_numpy(images[:batch]).to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1)
@@ -392,7 +390,7 @@ class TakeTurns(L.Callback):
 def fit_in_turns(cfg, images, labels, device, precision, options, chunk, reps, others) -> Contender:
     """The framework's training, driven by Lightning, taking turns with ``others``."""
     module = fresh_module(cfg, device)
-    apply_options(module.denoiser.net, *options)
+    apply_speed_options(module.denoiser.net, *options)
     data = DeviceSprites(images, labels, device, cfg.data.batch_size)
     data.setup("fit")
     contender = Contender("ours (Lightning)", precision, cfg.data.batch_size, chunk=chunk)
@@ -436,6 +434,45 @@ def compare_training(cfg, images, labels, device, precision, options, plan) -> t
 
     ours = fit_in_turns(cfg, images, labels, device, precision, options, others[0].chunk, plan.train_reps, others_turn)
     return [ours, *others], matmuls
+
+
+class OperatorClock(TorchDispatchMode):
+    """Wall time of every top-level aten operator, forward and backward (on the CPU, where they run synchronously
+    on the calling thread); nested calls count toward the operator that made them."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: dict[str, float] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        return out
+
+
+def convolution_time(contender: Contender, steps: int = 3) -> tuple[float, float]:
+    """Seconds per step inside the convolutions (forward and backward) and in all operators."""
+    with OperatorClock() as clock:
+        for _ in range(steps):
+            contender.step()
+    conv = sum(t for name, t in clock.seconds.items() if name.startswith("convolution"))
+    return conv / steps, sum(clock.seconds.values()) / steps
+
+
+def convolution_bound(contenders: list[Contender], batch: int) -> dict:
+    """The ceiling of ours / naive: the convolutions of our raw step alone against the naive step at its
+    measured rate. Even if every other operator were free, the step cannot be faster than its convolutions."""
+    raws = [c for c in contenders if c.name.startswith("raw")]
+    naive = max((c for c in contenders if c.name.startswith("naive")), key=lambda c: c.rate)
+    profiled = {c.name: convolution_time(c) for c in raws}
+    conv_seconds = profiled[raws[0].name][0]
+    return {
+        "profiled": {name: {"convolution_ms": 1e3 * conv, "all_ops_ms": 1e3 * total} for name, (conv, total) in profiled.items()},
+        "naive_ms": 1e3 * batch / naive.rate,
+        "ours_over_naive_bound": batch / naive.rate / conv_seconds,
+    }
 
 
 # -- sampling -------------------------------------------------------------------------------------------
@@ -668,6 +705,13 @@ def format_training(result: dict) -> list[str]:
         f"  ours / naive = {ratios['ours_over_naive']:.2f}x (vs {ratios['naive_used']}, the faster naive); "
         f"ours / raw = {ratios['ours_over_raw']:.2f} (data path + Lightning); both medians of per-turn ratios"
     )
+    if "convolutions" in t:
+        c = t["convolutions"]
+        spent = ", ".join(f"{name} {v['convolution_ms']:.0f} of {v['all_ops_ms']:.0f} ms" for name, v in c["profiled"].items())
+        lines.append(
+            f"  convolutions per step (forward + backward): {spent}; naive step {c['naive_ms']:.0f} ms: with every "
+            f"other operator free, ours / naive <= {c['ours_over_naive_bound']:.2f}x"
+        )
     if "skipped" in t:
         lines.append(f"  {t['skipped']}")
     return lines
@@ -766,6 +810,8 @@ def run(args: argparse.Namespace) -> dict:
         "batch": args.batch, "reps": plan.train_reps,
         "memory_method": PeakMemory(device).method, "rows": rows, "ratios": training_ratios(contenders),
     }
+    if device.type == "cpu":  # CUDA kernels run asynchronously: their time is not the profiler's CPU time
+        training["convolutions"] = convolution_bound(contenders, args.batch)
     if 2 not in plan.naive_workers:
         training["skipped"] = "--quick: naive with num_workers=2 not run"
     return {

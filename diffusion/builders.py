@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -27,6 +28,18 @@ def build_optimizer(cfg: DictConfig):
     if lr is not None and not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0):
         raise ConfigError(f"optimizer.lr={lr} must be a positive number, e.g. optimizer.lr=1e-3")
     return instantiate(cfg)
+
+
+def apply_speed_options(net: torch.nn.Module, channels_last: bool = False, compile: bool = False) -> None:
+    """NHWC memory format and TorchInductor compilation of the network, in place. Neither renames nor changes
+    the weights (``Module.compile`` keeps the state-dict keys), so checkpoints load with or without them."""
+    for key, value in (("channels_last", channels_last), ("compile", compile)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"training.{key}={value!r} must be true or false")
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    if compile:
+        net.compile()
 
 
 def build_module(cfg: DictConfig, num_classes: int, image_size: int, class_names: list[str]) -> DiffusionModule:

@@ -1,18 +1,20 @@
 """FID against NFE for every sampler on one trained model.
 
     python -m diffusion.sampler_fid CKPT [--samplers ddpm heun ...] [--nfe 5 10 20 50] [--n 1000]
-                                         [--full-ddpm] [--floor] [--json out.json]
+                                         [--full-ddpm] [--collapse] [--floor] [--json out.json]
 
 Every sampler starts from the same noise (one seed) and the same class labels, so the figures
 differ only by the sampler. The reference set, the feature network and its version are those the
 model was trained with (the checkpoint's own config), as in the FID logged during training.
 ``--floor`` adds the figure of n real training images against the same reference: the best a
-model can score with n samples.
+model can score with n samples. ``--collapse`` adds DDPM over all T steps without the added noise
+(``add_noise=false``, z = 0): the course's collapse to blurred "blobs" near the data mean, measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import time
 from pathlib import Path
@@ -25,6 +27,7 @@ from diffusion.builders import module_from_checkpoint
 from diffusion.callbacks import class_cycle
 from diffusion.checkpoints import load_checkpoint
 from diffusion.cli import reports_user_errors
+from diffusion.errors import ConfigError
 from diffusion.metrics import ImageQuality, build_feature_net
 from diffusion.samplers import SAMPLERS
 from diffusion.sampling import Sampler
@@ -42,6 +45,26 @@ def steps_for_nfe(name: str, nfe: int) -> int:
     return (nfe + 1) // 2 if name == "heun" else nfe
 
 
+def parse_options(items: list[str]) -> dict[str, float]:
+    """``KEY=VALUE`` pairs of sampler keyword options, e.g. ``s_churn=40``."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            options[key] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key:
+            raise ConfigError(f"--options takes KEY=NUMBER pairs such as s_churn=40, got {item!r}")
+    return options
+
+
+def options_for(name: str, options: dict[str, float]) -> dict[str, float]:
+    """The options that sampler ``name`` takes (``s_churn`` goes to Euler and Heun only)."""
+    accepted = inspect.signature(SAMPLERS[name]).parameters
+    return {key: value for key, value in options.items() if key in accepted}
+
+
 def sample_images(module, sampler: Sampler, n: int, seed: int, batch_size: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     labels = class_cycle(n, module.num_classes)
@@ -55,6 +78,7 @@ def sample_images(module, sampler: Sampler, n: int, seed: int, batch_size: int) 
 
 @reports_user_errors
 def run(args: argparse.Namespace) -> list[dict]:
+    options = parse_options(args.options)
     checkpoint = load_checkpoint(args.ckpt)
     module = module_from_checkpoint(checkpoint).eval()
     config = OmegaConf.create(checkpoint["diffusion"]["config"])
@@ -68,9 +92,12 @@ def run(args: argparse.Namespace) -> list[dict]:
     quality = ImageQuality(feature, kid_subsets=args.kid_subsets)
     quality.update_real(datamodule.real_images("val"))
 
-    plan = [(name, steps_for_nfe(name, nfe)) for nfe in args.nfe for name in args.samplers]
+    full_steps = getattr(module.schedule, "T", 500)
+    plan = [(name, steps_for_nfe(name, nfe), options_for(name, options)) for nfe in args.nfe for name in args.samplers]
     if args.full_ddpm:
-        plan.append(("ddpm", getattr(module.schedule, "T", 500)))
+        plan.append(("ddpm", full_steps, {}))
+    if args.collapse:
+        plan.append(("ddpm", full_steps, {"add_noise": False}))
     rows = []
     if args.floor:
         train = datamodule.real_images("train")
@@ -81,19 +108,20 @@ def run(args: argparse.Namespace) -> list[dict]:
         rows.append({"sampler": "training images (floor)", "steps": 0, "nfe": 0, "fid": result["fid"], "kid": result["kid_mean"],
                      "sampling_seconds": 0.0, "n": args.n, "features": quality.version})
         print(f"floor: {args.n} training images: FID {result['fid']:.3f}, KID {result['kid_mean']:.5f} ({quality.version})")
-    print(f"{'sampler':16} {'steps':>5} {'NFE':>5} {'FID':>9} {'KID':>9} {'seconds':>8}   ({quality.version}, {args.n} samples)")
-    for name, steps in plan:
-        sampler = sampler_for(name, steps)
+    print(f"{'sampler':18} {'steps':>5} {'NFE':>5} {'FID':>9} {'KID':>9} {'seconds':>8}   ({quality.version}, {args.n} samples)")
+    for name, steps, options in plan:
+        sampler = sampler_for(name, steps, options)
+        label = name + (" (z=0)" if options.get("add_noise") is False else "".join(f" {k}={v}" for k, v in options.items()))
         start = time.perf_counter()
         images = sample_images(module, sampler, args.n, args.seed, args.batch_size)
         seconds = time.perf_counter() - start
         quality.update_fake(images)
         result = quality.compute()
         quality.reset_fake()
-        row = {"sampler": name, "steps": steps, "nfe": sampler.nfe, "fid": result["fid"], "kid": result["kid_mean"],
+        row = {"sampler": label, "steps": steps, "nfe": sampler.nfe, "fid": result["fid"], "kid": result["kid_mean"],
                "sampling_seconds": round(seconds, 2), "n": args.n, "features": quality.version}
         rows.append(row)
-        print(f"{name:16} {steps:5d} {sampler.nfe:5d} {row['fid']:9.3f} {row['kid']:9.5f} {seconds:8.1f}", flush=True)
+        print(f"{label:18} {steps:5d} {sampler.nfe:5d} {row['fid']:9.3f} {row['kid']:9.5f} {seconds:8.1f}", flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"ckpt": str(args.ckpt), "rows": rows}, indent=2) + "\n")
@@ -106,7 +134,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samplers", nargs="*", default=list(SAMPLERS), choices=list(SAMPLERS))
     parser.add_argument("--nfe", nargs="*", type=int, default=[5, 10, 20, 50], help="model evaluations per sample")
     parser.add_argument("--full-ddpm", action="store_true", help="also DDPM over all of the schedule's T steps")
+    parser.add_argument("--collapse", action="store_true", help="also DDPM over all T steps with add_noise=false")
     parser.add_argument("--floor", action="store_true", help="also FID of n training images (the floor)")
+    parser.add_argument("--options", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="sampler options, given to the samplers that take them, e.g. s_churn=40 s_tmax=50")
     parser.add_argument("--n", type=int, default=1000, help="samples per figure")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=500)

@@ -99,15 +99,40 @@ def sample_ddim(
     return x
 
 
+def churn(
+    x: Tensor, sigmas: Tensor, i: int, s_churn: float, s_tmin: float, s_tmax: float, s_noise: float, generator
+) -> tuple[Tensor, Tensor]:
+    """Karras et al. 2022, Algorithm 2, lines 4-6: raise the noise level from sigma_i to
+    sigma_hat = (1 + gamma) sigma_i by adding fresh noise, gamma = min(S_churn / N, sqrt(2) - 1) for
+    sigma_i in [S_tmin, S_tmax]. Returns (x_hat, sigma_hat); S_churn = 0 leaves x and sigma_i as they are."""
+    sigma = sigmas[i]
+    gamma = min(s_churn / (len(sigmas) - 1), 2**0.5 - 1) if s_churn > 0 and s_tmin <= sigma <= s_tmax else 0.0
+    if gamma == 0:
+        return x, sigma
+    sigma_hat = sigma * (1 + gamma)
+    return x + _noise_like(x, generator) * s_noise * (sigma_hat**2 - sigma**2).sqrt(), sigma_hat
+
+
 @torch.no_grad()
 def sample_euler(
-    denoiser: DenoiserFn, x: Tensor, sigmas: Tensor, *, generator: torch.Generator | None = None, callback: Callback = None
+    denoiser: DenoiserFn,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+    generator: torch.Generator | None = None,
+    callback: Callback = None,
 ) -> Tensor:
-    """Euler's method on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. 2022, eq. 3)."""
+    """Euler's method on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. 2022,
+    eq. 3); with ``s_churn > 0`` each step first adds noise as in ``churn`` (their stochastic sampler)."""
     for i in range(len(sigmas) - 1):
-        denoised = denoiser(x, sigmas[i])
-        d = (x - denoised) / sigmas[i]
-        x = x + d * (sigmas[i + 1] - sigmas[i])
+        x, sigma = churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, generator)
+        denoised = denoiser(x, sigma)
+        d = (x - denoised) / sigma
+        x = x + d * (sigmas[i + 1] - sigma)
         _notify(callback, i, x, denoised)
     return x
 
@@ -145,12 +170,22 @@ def sample_euler_ancestral(
 
 @torch.no_grad()
 def sample_heun(
-    denoiser: DenoiserFn, x: Tensor, sigmas: Tensor, *, generator: torch.Generator | None = None, callback: Callback = None
+    denoiser: DenoiserFn,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+    generator: torch.Generator | None = None,
+    callback: Callback = None,
 ) -> Tensor:
-    """Heun's 2nd-order method (Karras et al. 2022, Algorithm 1 with S_churn = 0); the correction is
-    skipped on the step to sigma = 0, so n steps cost 2n - 1 evaluations."""
+    """Heun's 2nd-order method (Karras et al. 2022, Algorithm 1; Algorithm 2 with ``s_churn > 0``, see
+    ``churn``); the correction is skipped on the step to sigma = 0, so n steps cost 2n - 1 evaluations."""
     for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        x, sigma = churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, generator)
+        sigma_next = sigmas[i + 1]
         denoised = denoiser(x, sigma)
         d = (x - denoised) / sigma
         x_next = x + d * (sigma_next - sigma)

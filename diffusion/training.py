@@ -17,7 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion import images
-from diffusion.builders import build_module
+from diffusion.builders import apply_speed_options, build_module
 from diffusion.callbacks import class_cycle
 from diffusion.checkpoints import check_compatible, check_run_dir, export_safetensors, load_checkpoint, resolve_ckpt_path
 from diffusion.errors import ConfigError
@@ -94,6 +94,7 @@ def train(cfg: DictConfig) -> float:
     module = build_module(cfg, datamodule.num_classes, datamodule.image_size, datamodule.class_names)
     if ckpt_path is not None:
         check_compatible(module, load_checkpoint(ckpt_path)["state_dict"], ckpt_path)
+    apply_speed_options(module.denoiser.net, cfg.training.get("channels_last", False), cfg.training.get("compile", False))
 
     callbacks = instantiate_all(cfg.get("callbacks"))
     # The EMA swap-back at the end of validation must come after every callback that samples.

@@ -22,4 +22,10 @@ def test_quick_bench_runs_every_contender_and_writes_json(tmp_path, capsys):
     assert {row["sampler"] for row in result["sampling"]["rows"]} == {"ddpm", *bench.FAST_SAMPLERS}
     assert all(row["images_per_s_32"] > 0 and row["images_per_s_bf16"] > 0 for row in result["sampling"]["rows"])
     assert result["flops"]["forward_per_image"] > 0
+    # The convolution bound: profiled convolutions are part of the step, and the bound follows from them.
+    bound = result["training"]["convolutions"]
+    for profiled in bound["profiled"].values():
+        assert 0 < profiled["convolution_ms"] < profiled["all_ops_ms"]
+    raw_conv_ms = bound["profiled"]["raw step (bf16)"]["convolution_ms"]
+    assert abs(bound["ours_over_naive_bound"] - bound["naive_ms"] / raw_conv_ms) < 1e-6 * bound["ours_over_naive_bound"]
     assert json.loads(out.read_text()) == json.loads(capsys.readouterr().out.strip().splitlines()[-1])

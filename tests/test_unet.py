@@ -123,3 +123,24 @@ def test_image_size_not_divisible_raises(name, image_size, overrides):
 def test_norm_groups_not_dividing_channels_raises():
     with pytest.raises(ConfigError, match="norm_groups"):
         UNet(base_channels=12, channel_mult=(1, 2), norm_groups=8, attn_resolutions=())
+
+
+def test_speed_options_keep_the_weights_and_the_output():
+    """training.channels_last / training.compile: NHWC weights and a compiled forward, same names and values."""
+    from diffusion.builders import apply_speed_options
+
+    net = model_from_config("small", TINY_MODEL)
+    perturb_output_layer(net)
+    x, c_noise = inputs()
+    labels = torch.arange(4) % N_CLASSES
+    before, expected = dict(net.state_dict()), net(x, c_noise, labels)
+    apply_speed_options(net, channels_last=True)
+    assert net.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    assert net.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    torch.testing.assert_close(net(x, c_noise, labels), expected, rtol=1e-5, atol=1e-5)
+    apply_speed_options(net, compile=True)
+    assert net._compiled_call_impl is not None  # Module.compile: the forward is compiled on the first call
+    assert net.state_dict().keys() == before.keys()  # no "_orig_mod." prefix: checkpoints load either way
+    with pytest.raises(ConfigError, match="training.compile='yes' must be true or false"):
+        apply_speed_options(net, compile="yes")

@@ -1,0 +1,65 @@
+"""The course's "blobs" on a trained network: DDPM without the added noise (z = 0) loses the spread and the detail.
+
+A tiny U-Net is trained here for a few hundred steps on procedural sprites (about 15 s on one core); the same
+starting noise is then sampled with DDPM twice, with and without the noise of Algorithm 2, line 4. The figures on
+the fully trained main-job models (FID of DDPM-500 with z = 0) are in BENCHMARKS.md, measured with
+``python -m diffusion.sampler_fid CKPT --collapse``; the exact-denoiser version of this test is in
+test_exact_denoiser.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import TINY_MODEL, compose_config
+from diffusion.builders import build_module
+from diffusion.data.procedural import generate_sprites
+from diffusion.sampling import Sampler
+
+STEPS, BATCH = 300, 32
+
+
+def spread(x: torch.Tensor) -> float:
+    """Variance across samples, averaged over pixels: how different the images are from one another."""
+    return x.var(0).mean().item()
+
+
+def detail(x: torch.Tensor) -> float:
+    """Mean absolute difference between vertically neighbouring pixels: edges, which blobs lack."""
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean().item()
+
+
+@pytest.fixture(scope="module")
+def trained():
+    images, _ = generate_sprites(256, seed=0)
+    data = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    cfg = compose_config("train", [*TINY_MODEL, "paths.output_dir=."])
+    torch.manual_seed(0)
+    module = build_module(cfg, 0, 16, [])
+    optimizer = torch.optim.AdamW(module.parameters(), lr=2e-3)
+    batches = torch.Generator().manual_seed(0)
+    for _ in range(STEPS):
+        x0 = data[torch.randint(0, len(data), (BATCH,), generator=batches)]
+        loss = module.denoiser.loss(x0, module.schedule.sample_sigma(BATCH), torch.randn_like(x0)).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return module.eval(), data, loss.item()
+
+
+def test_ddpm_without_noise_collapses_on_a_trained_model(trained):
+    module, data, final_loss = trained
+    assert final_loss < 0.3  # it did learn (an untrained network's eps loss is about 1)
+    draws = {}
+    for add_noise in (True, False):
+        sampler = Sampler("ddpm", 100, "schedule", options={"add_noise": add_noise})
+        draws[add_noise] = module.sample(64, sampler=sampler, generator=torch.Generator().manual_seed(0))
+    noisy, blobs = draws[True], draws[False]
+    print(f"spread data {spread(data):.3f} noisy {spread(noisy):.3f} z=0 {spread(blobs):.3f}; "
+          f"detail data {detail(data):.3f} noisy {detail(noisy):.3f} z=0 {detail(blobs):.3f}")
+    # With the noise, samples are as varied and as sharp as the data; without it, they move toward one another
+    # (the mean) and lose their edges.
+    assert spread(noisy) > 0.8 * spread(data) and detail(noisy) > 0.8 * detail(data)
+    assert spread(blobs) < 0.8 * spread(noisy)
+    assert detail(blobs) < 0.75 * detail(noisy)
