@@ -452,13 +452,12 @@ class OperatorClock(TorchDispatchMode):
         return out
 
 
-def convolution_time(contender: Contender, steps: int = 3) -> tuple[float, float]:
-    """Seconds per step inside the convolutions (forward and backward) and in all operators."""
+def operator_times(contender: Contender, steps: int = 3) -> dict[str, float]:
+    """Seconds per step in each aten operator (forward and backward), largest first."""
     with OperatorClock() as clock:
         for _ in range(steps):
             contender.step()
-    conv = sum(t for name, t in clock.seconds.items() if name.startswith("convolution"))
-    return conv / steps, sum(clock.seconds.values()) / steps
+    return {name: t / steps for name, t in sorted(clock.seconds.items(), key=lambda item: -item[1])}
 
 
 def convolution_bound(contenders: list[Contender], batch: int) -> dict:
@@ -466,10 +465,17 @@ def convolution_bound(contenders: list[Contender], batch: int) -> dict:
     measured rate. Even if every other operator were free, the step cannot be faster than its convolutions."""
     raws = [c for c in contenders if c.name.startswith("raw")]
     naive = max((c for c in contenders if c.name.startswith("naive")), key=lambda c: c.rate)
-    profiled = {c.name: convolution_time(c) for c in raws}
-    conv_seconds = profiled[raws[0].name][0]
+    profiled = {}
+    for c in raws:
+        times = operator_times(c)
+        profiled[c.name] = {
+            "convolution_ms": 1e3 * sum(t for name, t in times.items() if name.startswith("convolution")),
+            "all_ops_ms": 1e3 * sum(times.values()),
+            "top_ops_ms": {name: round(1e3 * t, 2) for name, t in list(times.items())[:8]},
+        }
+    conv_seconds = profiled[raws[0].name]["convolution_ms"] / 1e3
     return {
-        "profiled": {name: {"convolution_ms": 1e3 * conv, "all_ops_ms": 1e3 * total} for name, (conv, total) in profiled.items()},
+        "profiled": profiled,
         "naive_ms": 1e3 * batch / naive.rate,
         "ours_over_naive_bound": batch / naive.rate / conv_seconds,
     }
@@ -572,7 +578,7 @@ def pick_device(name: str) -> torch.device:
 
 def pick_precision(name: str, device: torch.device) -> str:
     if name == "auto":
-        from diffusion.training import fast_bf16_available
+        from diffusion.precision import fast_bf16_available
 
         return "bf16" if fast_bf16_available(device.type) else "32"
     return name
@@ -712,6 +718,8 @@ def format_training(result: dict) -> list[str]:
             f"  convolutions per step (forward + backward): {spent}; naive step {c['naive_ms']:.0f} ms: with every "
             f"other operator free, ours / naive <= {c['ours_over_naive_bound']:.2f}x"
         )
+        for name, v in c["profiled"].items():
+            lines.append(f"    {name} top operators, ms/step: " + ", ".join(f"{op} {ms:.1f}" for op, ms in v["top_ops_ms"].items()))
     if "skipped" in t:
         lines.append(f"  {t['skipped']}")
     return lines

@@ -15,6 +15,7 @@ from diffusion.callbacks import class_cycle
 from diffusion.checkpoints import load_checkpoint
 from diffusion.errors import ConfigError
 from diffusion.module import DiffusionModule
+from diffusion.precision import sampling_in_bf16
 
 
 def parse_labels(label, n: int, module: DiffusionModule) -> torch.Tensor | None:
@@ -54,8 +55,10 @@ def sample_to_folder(cfg: DictConfig) -> Path:
     if (out / "samples.npz").exists() and not cfg.overwrite:
         raise ConfigError(f"{out / 'samples.npz'} exists already; choose another out= or pass overwrite=true")
 
+    device = pick_device(cfg.device)
+    bf16 = sampling_in_bf16(cfg.get("precision", "32"), device)
     checkpoint = load_checkpoint(cfg.ckpt)
-    module = module_from_checkpoint(checkpoint).to(pick_device(cfg.device))
+    module = module_from_checkpoint(checkpoint).to(device)
     sampler = build_sampler(cfg.sampler, cfg.steps) if cfg.get("sampler") else build_sampler(module.config["sampler"], cfg.steps)
     sigmas = sampler.sigmas(module.schedule)  # also validates steps against the schedule before any work
     labels = parse_labels(cfg.label, cfg.n, module)
@@ -77,12 +80,12 @@ def sample_to_folder(cfg: DictConfig) -> Path:
                     frames.append(images.grid(images.to_uint8(view[:64]), ncols=8))
 
             batch_labels = labels[start : start + count] if labels is not None else None
-            batches.append(module.sample(count, labels=batch_labels, sampler=sampler, guidance=cfg.guidance, generator=generator, callback=callback))
+            batches.append(module.sample(count, labels=batch_labels, sampler=sampler, guidance=cfg.guidance, generator=generator, callback=callback, bf16=bf16))
 
     pictures = images.to_uint8(torch.cat(batches))
     label_array = labels.numpy() if labels is not None else np.full(cfg.n, -1, dtype=np.int64)
     written = [images.save_npz(pictures, label_array, out / "samples.npz"), images.save_png(images.grid(pictures[:256], ncols=8), out / "grid.png")]
     if frames:
         written.append(images.save_gif(frames, out / "trajectory.gif"))
-    print(f"wrote {cfg.n} samples ({sampler}, guidance={cfg.guidance}) to: " + ", ".join(str(p) for p in written))
+    print(f"wrote {cfg.n} samples ({sampler}, guidance={cfg.guidance}, {'bf16' if bf16 else 'fp32'}) to: " + ", ".join(str(p) for p in written))
     return out

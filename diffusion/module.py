@@ -153,8 +153,10 @@ class DiffusionModule(L.LightningModule):
         guidance: float = 0.0,
         generator: torch.Generator | None = None,
         callback=None,
+        bf16: bool = False,
     ) -> Tensor:
-        """n images in [-1, 1]; labels index the context classes (None: unconditional / null class)."""
+        """n images in [-1, 1]; labels index the context classes (None: unconditional / null class);
+        ``bf16``: the network under bf16 autocast."""
         if labels is not None and self.num_classes == 0:
             raise ConfigError("this model was trained without class labels; drop label=")
         was_training = self.training
@@ -171,6 +173,7 @@ class DiffusionModule(L.LightningModule):
                 generator=generator,
                 device=self.device,
                 callback=callback,
+                bf16=bf16,
             )
         finally:
             self.train(was_training)

@@ -29,6 +29,7 @@ from diffusion.checkpoints import load_checkpoint
 from diffusion.cli import reports_user_errors
 from diffusion.errors import ConfigError
 from diffusion.metrics import ImageQuality, build_feature_net
+from diffusion.precision import sampling_in_bf16
 from diffusion.samplers import SAMPLERS
 from diffusion.sampling import Sampler
 
@@ -65,20 +66,27 @@ def options_for(name: str, options: dict[str, float]) -> dict[str, float]:
     return {key: value for key, value in options.items() if key in accepted}
 
 
-def sample_images(module, sampler: Sampler, n: int, seed: int, batch_size: int) -> torch.Tensor:
+def row_label(name: str, options: dict) -> str:
+    if options.get("add_noise") is False:
+        return f"{name} (z=0)"
+    return name + "".join(f" {key}={value:g}" for key, value in options.items())
+
+
+def sample_images(module, sampler: Sampler, n: int, seed: int, batch_size: int, bf16: bool = False) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     labels = class_cycle(n, module.num_classes)
     chunks = []
     for start in range(0, n, batch_size):
         chunk_labels = labels[start : start + batch_size] if labels is not None else None
         count = min(batch_size, n - start)
-        chunks.append(module.sample(count, labels=chunk_labels, sampler=sampler, generator=generator).cpu())
+        chunks.append(module.sample(count, labels=chunk_labels, sampler=sampler, generator=generator, bf16=bf16).cpu())
     return torch.cat(chunks)
 
 
 @reports_user_errors
 def run(args: argparse.Namespace) -> list[dict]:
     options = parse_options(args.options)
+    bf16 = sampling_in_bf16(args.precision, torch.device("cpu"))
     checkpoint = load_checkpoint(args.ckpt)
     module = module_from_checkpoint(checkpoint).eval()
     config = OmegaConf.create(checkpoint["diffusion"]["config"])
@@ -108,27 +116,29 @@ def run(args: argparse.Namespace) -> list[dict]:
         rows.append({"sampler": "training images (floor)", "steps": 0, "nfe": 0, "fid": result["fid"], "kid": result["kid_mean"],
                      "sampling_seconds": 0.0, "n": args.n, "features": quality.version})
         print(f"floor: {args.n} training images: FID {result['fid']:.3f}, KID {result['kid_mean']:.5f} ({quality.version})")
-    print(f"{'sampler':18} {'steps':>5} {'NFE':>5} {'FID':>9} {'KID':>9} {'seconds':>8}   ({quality.version}, {args.n} samples)")
+    width = max([len("sampler"), *(len(row_label(name, options)) for name, _, options in plan)])
+    print(f"{'sampler':{width}} {'steps':>5} {'NFE':>5} {'FID':>9} {'KID':>9} {'seconds':>8}   ({quality.version}, {args.n} samples)")
     for name, steps, options in plan:
         sampler = sampler_for(name, steps, options)
-        label = name + (" (z=0)" if options.get("add_noise") is False else "".join(f" {k}={v}" for k, v in options.items()))
+        label = row_label(name, options)
         start = time.perf_counter()
-        images = sample_images(module, sampler, args.n, args.seed, args.batch_size)
+        images = sample_images(module, sampler, args.n, args.seed, args.batch_size, bf16)
         seconds = time.perf_counter() - start
         quality.update_fake(images)
         result = quality.compute()
         quality.reset_fake()
         row = {"sampler": label, "steps": steps, "nfe": sampler.nfe, "fid": result["fid"], "kid": result["kid_mean"],
-               "sampling_seconds": round(seconds, 2), "n": args.n, "features": quality.version}
+               "sampling_seconds": round(seconds, 2), "n": args.n, "features": quality.version,
+               "precision": "bf16" if bf16 else "32"}
         rows.append(row)
-        print(f"{label:18} {steps:5d} {sampler.nfe:5d} {row['fid']:9.3f} {row['kid']:9.5f} {seconds:8.1f}", flush=True)
+        print(f"{label:{width}} {steps:5d} {sampler.nfe:5d} {row['fid']:9.3f} {row['kid']:9.5f} {seconds:8.1f}", flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"ckpt": str(args.ckpt), "rows": rows}, indent=2) + "\n")
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpt", help="a checkpoint or .safetensors export from train.py")
     parser.add_argument("--samplers", nargs="*", default=list(SAMPLERS), choices=list(SAMPLERS))
@@ -138,12 +148,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--floor", action="store_true", help="also FID of n training images (the floor)")
     parser.add_argument("--options", nargs="*", default=[], metavar="KEY=VALUE",
                         help="sampler options, given to the samplers that take them, e.g. s_churn=40 s_tmax=50")
+    parser.add_argument("--precision", default="32", choices=["32", "bf16", "auto"],
+                        help="the network in float32 (the tables in BENCHMARKS.md) or under bf16 autocast")
     parser.add_argument("--n", type=int, default=1000, help="samples per figure")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--kid-subsets", type=int, default=100)
     parser.add_argument("--json", help="also write the rows here")
-    run(parser.parse_args(argv))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -72,8 +72,10 @@ def generate(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     callback: Callback = None,
+    bf16: bool = False,
 ) -> Tensor:
-    """Draw n images in [-1, 1], shape (n, 3, H, W).
+    """Draw n images in [-1, 1], shape (n, 3, H, W); ``bf16`` runs the network under bf16 autocast (the
+    sampler's updates of x stay in float32: autocast changes matrix products and convolutions only).
 
     The starting noise has standard deviation sqrt(sigma_max^2 + 1): the exact variance-preserving
     prior N(0, I) mapped to sigma form, so DDPM over all T steps is the course's sampler exactly.
@@ -90,5 +92,6 @@ def generate(
     fn = SAMPLERS[sampler.name]
     if labels is not None:
         labels = labels.to(device)
-    x = fn(conditioned(denoiser, labels, guidance, null_label), x, sigmas, generator=generator, callback=callback, **sampler.options)
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+        x = fn(conditioned(denoiser, labels, guidance, null_label), x, sigmas, generator=generator, callback=callback, **sampler.options)
     return (x / schedule.input_scale).clamp(-1, 1)

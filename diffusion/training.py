@@ -21,20 +21,10 @@ from diffusion.builders import apply_speed_options, build_module
 from diffusion.callbacks import class_cycle
 from diffusion.checkpoints import check_compatible, check_run_dir, export_safetensors, load_checkpoint, resolve_ckpt_path
 from diffusion.errors import ConfigError
+from diffusion.precision import fast_bf16_available
 
 
 FAILED_VALUE = 1e9
-
-
-def fast_bf16_available(device_type: str = "auto") -> bool:
-    """Whether bf16 autocast is a speed-up on the device: CUDA with bf16, or a CPU with AVX512-BF16 or AMX."""
-    if device_type in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_precision(cfg: DictConfig) -> None:

@@ -179,6 +179,7 @@ CASES = [
          sub=True, strict=True),
     # -- settings (sample.py) -------------------------------------------------------------------------------
     Case("sample-n-zero", "sample", ("n=0",), ("n=0",)),
+    Case("sample-precision-unknown", "sample", ("precision=16",), ("precision=16", "auto, 32, bf16")),
     Case("sample-n-negative", "sample", ("n=-4",), ("n=-4",)),
     Case("sample-guidance-negative", "sample", ("guidance=-1",), ("guidance=-1",)),
     Case("sample-steps-zero", "sample", ("steps=0",), ("steps=0",)),

@@ -203,6 +203,12 @@ def test_other_sampler_null_class_and_guidance(trained, tmp_path, capsys):
     assert not np.array_equal(guided, plain), "guidance must change the samples"
     again, _ = run("guided", "label=hero", "guidance=0", "overwrite=true")  # replaces the guided samples
     assert np.array_equal(again, plain)
+    # precision=bf16 runs the U-Net under bf16 autocast: the same samples up to bf16 rounding.
+    fp32, _ = run("fp32", "label=hero", "precision=32")
+    bf16, _ = run("bf16", "label=hero", "precision=bf16")
+    assert "bf16" in capsys.readouterr().out.splitlines()[-1]
+    difference = np.abs(fp32.astype(int) - bf16.astype(int))
+    assert 0 < difference.mean() < 4, difference.mean()
 
 
 # --------------------------------------------------------------------------------- bad input

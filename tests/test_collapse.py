@@ -2,32 +2,23 @@
 
 A tiny U-Net is trained here for a few hundred steps on procedural sprites (about 15 s on one core); the same
 starting noise is then sampled with DDPM twice, with and without the noise of Algorithm 2, line 4. The figures on
-the fully trained main-job models (FID of DDPM-500 with z = 0) are in BENCHMARKS.md, measured with
+the fully trained main-job models are in BENCHMARKS.md, measured with ``python -m diffusion.collapse CKPT`` and
 ``python -m diffusion.sampler_fid CKPT --collapse``; the exact-denoiser version of this test is in
 test_exact_denoiser.py.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import TINY_MODEL, compose_config
 from diffusion.builders import build_module
+from diffusion.collapse import ddpm_both_ways, detail, spread
 from diffusion.data.procedural import generate_sprites
-from diffusion.sampling import Sampler
 
 STEPS, BATCH = 300, 32
-
-
-def spread(x: torch.Tensor) -> float:
-    """Variance across samples, averaged over pixels: how different the images are from one another."""
-    return x.var(0).mean().item()
-
-
-def detail(x: torch.Tensor) -> float:
-    """Mean absolute difference between vertically neighbouring pixels: edges, which blobs lack."""
-    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean().item()
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +42,7 @@ def trained():
 def test_ddpm_without_noise_collapses_on_a_trained_model(trained):
     module, data, final_loss = trained
     assert final_loss < 0.3  # it did learn (an untrained network's eps loss is about 1)
-    draws = {}
-    for add_noise in (True, False):
-        sampler = Sampler("ddpm", 100, "schedule", options={"add_noise": add_noise})
-        draws[add_noise] = module.sample(64, sampler=sampler, generator=torch.Generator().manual_seed(0))
+    draws = ddpm_both_ways(module, 32, seed=0)  # DDPM over all 500 levels, the same noise both ways
     noisy, blobs = draws[True], draws[False]
     print(f"spread data {spread(data):.3f} noisy {spread(noisy):.3f} z=0 {spread(blobs):.3f}; "
           f"detail data {detail(data):.3f} noisy {detail(noisy):.3f} z=0 {detail(blobs):.3f}")
@@ -63,3 +51,20 @@ def test_ddpm_without_noise_collapses_on_a_trained_model(trained):
     assert spread(noisy) > 0.8 * spread(data) and detail(noisy) > 0.8 * detail(data)
     assert spread(blobs) < 0.8 * spread(noisy)
     assert detail(blobs) < 0.75 * detail(noisy)
+
+
+def test_the_collapse_command_prints_both_ways_and_writes_the_picture(tiny_run, tmp_path, capsys):
+    from diffusion import collapse
+
+    out = tmp_path / "collapse.png"
+    rows = collapse.run(collapse.build_parser().parse_args([str(tiny_run.ckpt), "--n", "4", "--out", str(out)]))
+    assert [r["add_noise"] for r in rows] == [True, False]
+    assert all(r["spread"] >= 0 and r["detail"] >= 0 for r in rows)
+    printed = capsys.readouterr().out
+    assert "validation images: spread" in printed and "DDPM add_noise=false" in printed
+    from PIL import Image
+
+    from diffusion.images import grid
+
+    strip = grid(np.zeros((4, 16, 16, 3), np.uint8), ncols=16)
+    assert Image.open(out).size == (strip.shape[1], 2 * strip.shape[0] + 4)  # with noise above, without below

@@ -1,0 +1,33 @@
+"""`python -m diffusion.sampler_fid`: FID against NFE on a trained checkpoint, its rows and its options."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from diffusion import sampler_fid
+
+
+def test_rows_for_every_sampler_budget_and_the_extra_rows(tiny_run, tmp_path):
+    out = tmp_path / "rows.json"
+    rows = sampler_fid.run(sampler_fid.build_parser().parse_args([
+        str(tiny_run.ckpt), "--n", "8", "--batch-size", "5", "--kid-subsets", "2", "--samplers", "euler", "heun",
+        "--nfe", "3", "--options", "s_churn=2", "--collapse", "--floor", "--json", str(out),
+    ]))
+    assert json.loads(out.read_text())["rows"] == rows
+    got = [(r["sampler"], r["steps"], r["nfe"]) for r in rows]
+    assert got == [
+        ("training images (floor)", 0, 0),
+        ("euler s_churn=2", 3, 3),
+        ("heun s_churn=2", 2, 3),  # Heun's steps fit the budget: 2 * 2 - 1 evaluations
+        ("ddpm (z=0)", 500, 500),  # the collapse row: DDPM over all T levels without the added noise
+    ]
+    assert all(r["fid"] >= 0 and r["n"] == 8 for r in rows)
+
+
+def test_options_must_be_key_number_pairs(tiny_run, capsys):
+    with pytest.raises(SystemExit) as info:
+        sampler_fid.main([str(tiny_run.ckpt), "--options", "s_churn"])
+    assert info.value.code == 2
+    assert "--options takes KEY=NUMBER pairs such as s_churn=40, got 's_churn'" in capsys.readouterr().err
