@@ -36,9 +36,11 @@ from diffusion.sampling import Sampler
 KARRAS_FAMILY = ("euler", "euler_ancestral", "heun", "lms", "dpmpp_2m")
 
 
-def sampler_for(name: str, steps: int, options: dict | None = None) -> Sampler:
-    """DDPM and DDIM walk the schedule's own levels; the Karras family the rho = 7 levels."""
-    return Sampler(name, steps, "karras" if name in KARRAS_FAMILY else "schedule", options=options)
+def sampler_for(name: str, steps: int, options: dict | None = None, spacing: str = "auto") -> Sampler:
+    """With ``spacing="auto"`` DDPM and DDIM walk the schedule's own levels, the Karras family the rho = 7 levels."""
+    if spacing == "auto":
+        spacing = "karras" if name in KARRAS_FAMILY else "schedule"
+    return Sampler(name, steps, spacing, options=options)
 
 
 def steps_for_nfe(name: str, nfe: int) -> int:
@@ -101,11 +103,11 @@ def run(args: argparse.Namespace) -> list[dict]:
     quality.update_real(datamodule.real_images("val"))
 
     full_steps = getattr(module.schedule, "T", 500)
-    plan = [(name, steps_for_nfe(name, nfe), options_for(name, options)) for nfe in args.nfe for name in args.samplers]
+    plan = [(name, steps_for_nfe(name, nfe), options_for(name, options), args.spacing) for nfe in args.nfe for name in args.samplers]
     if args.full_ddpm:
-        plan.append(("ddpm", full_steps, {}))
+        plan.append(("ddpm", full_steps, {}, "schedule"))
     if args.collapse:
-        plan.append(("ddpm", full_steps, {"add_noise": False}))
+        plan.append(("ddpm", full_steps, {"add_noise": False}, "schedule"))
     rows = []
     if args.floor:
         train = datamodule.real_images("train")
@@ -116,10 +118,10 @@ def run(args: argparse.Namespace) -> list[dict]:
         rows.append({"sampler": "training images (floor)", "steps": 0, "nfe": 0, "fid": result["fid"], "kid": result["kid_mean"],
                      "sampling_seconds": 0.0, "n": args.n, "features": quality.version})
         print(f"floor: {args.n} training images: FID {result['fid']:.3f}, KID {result['kid_mean']:.5f} ({quality.version})")
-    width = max([len("sampler"), *(len(row_label(name, options)) for name, _, options in plan)])
+    width = max([len("sampler"), *(len(row_label(name, options)) for name, _, options, _ in plan)])
     print(f"{'sampler':{width}} {'steps':>5} {'NFE':>5} {'FID':>9} {'KID':>9} {'seconds':>8}   ({quality.version}, {args.n} samples)")
-    for name, steps, options in plan:
-        sampler = sampler_for(name, steps, options)
+    for name, steps, options, spacing in plan:
+        sampler = sampler_for(name, steps, options, spacing)
         label = row_label(name, options)
         start = time.perf_counter()
         images = sample_images(module, sampler, args.n, args.seed, args.batch_size, bf16)
@@ -127,7 +129,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         quality.update_fake(images)
         result = quality.compute()
         quality.reset_fake()
-        row = {"sampler": label, "steps": steps, "nfe": sampler.nfe, "fid": result["fid"], "kid": result["kid_mean"],
+        row = {"sampler": label, "steps": steps, "nfe": sampler.nfe, "spacing": sampler.spacing, "fid": result["fid"], "kid": result["kid_mean"],
                "sampling_seconds": round(seconds, 2), "n": args.n, "features": quality.version,
                "precision": "bf16" if bf16 else "32"}
         rows.append(row)
@@ -148,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--floor", action="store_true", help="also FID of n training images (the floor)")
     parser.add_argument("--options", nargs="*", default=[], metavar="KEY=VALUE",
                         help="sampler options, given to the samplers that take them, e.g. s_churn=40 s_tmax=50")
+    parser.add_argument("--spacing", default="auto", choices=["auto", "karras", "schedule"],
+                        help="noise levels of the fast samplers; auto: DDPM/DDIM the schedule's, the others Karras rho=7")
     parser.add_argument("--precision", default="32", choices=["32", "bf16", "auto"],
                         help="the network in float32 (the tables in BENCHMARKS.md) or under bf16 autocast")
     parser.add_argument("--n", type=int, default=1000, help="samples per figure")

@@ -16,12 +16,12 @@ def test_rows_for_every_sampler_budget_and_the_extra_rows(tiny_run, tmp_path):
         "--nfe", "3", "--options", "s_churn=2", "--collapse", "--floor", "--json", str(out),
     ]))
     assert json.loads(out.read_text())["rows"] == rows
-    got = [(r["sampler"], r["steps"], r["nfe"]) for r in rows]
+    got = [(r["sampler"], r["steps"], r["nfe"], r.get("spacing")) for r in rows]
     assert got == [
-        ("training images (floor)", 0, 0),
-        ("euler s_churn=2", 3, 3),
-        ("heun s_churn=2", 2, 3),  # Heun's steps fit the budget: 2 * 2 - 1 evaluations
-        ("ddpm (z=0)", 500, 500),  # the collapse row: DDPM over all T levels without the added noise
+        ("training images (floor)", 0, 0, None),
+        ("euler s_churn=2", 3, 3, "karras"),
+        ("heun s_churn=2", 2, 3, "karras"),  # Heun's steps fit the budget: 2 * 2 - 1 evaluations
+        ("ddpm (z=0)", 500, 500, "schedule"),  # the collapse row: DDPM over all T levels without the added noise
     ]
     assert all(r["fid"] >= 0 and r["n"] == 8 for r in rows)
 
@@ -31,3 +31,10 @@ def test_options_must_be_key_number_pairs(tiny_run, capsys):
         sampler_fid.main([str(tiny_run.ckpt), "--options", "s_churn"])
     assert info.value.code == 2
     assert "--options takes KEY=NUMBER pairs such as s_churn=40, got 's_churn'" in capsys.readouterr().err
+
+
+def test_spacing_option_moves_the_fast_samplers_to_the_schedules_levels(tiny_run):
+    rows = sampler_fid.run(sampler_fid.build_parser().parse_args([
+        str(tiny_run.ckpt), "--n", "4", "--kid-subsets", "2", "--samplers", "dpmpp_2m", "--nfe", "2", "--spacing", "schedule",
+    ]))
+    assert [(r["sampler"], r["spacing"]) for r in rows] == [("dpmpp_2m", "schedule")]
