@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -92,6 +93,8 @@ def generate(
     fn = SAMPLERS[sampler.name]
     if labels is not None:
         labels = labels.to(device)
-    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+    # Only ever switch autocast on: bf16=False leaves a caller's own autocast context in force.
+    precision = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with precision:
         x = fn(conditioned(denoiser, labels, guidance, null_label), x, sigmas, generator=generator, callback=callback, **sampler.options)
     return (x / schedule.input_scale).clamp(-1, 1)
