@@ -101,7 +101,7 @@ from diffusion.data.datamodule import IndexedTensors, SpriteDataModule
 from diffusion.data.procedural import CLASSES, generate_sprites
 from diffusion.denoiser import conditioned
 from diffusion.module import DiffusionModule
-from diffusion.samplers import model_evaluations, sample_ddpm
+from diffusion.samplers import model_evaluations, sample_ddpm, steps_for_nfe
 from diffusion.sampling import generate
 from diffusion.schedules import LinearSchedule
 
@@ -496,11 +496,6 @@ class SamplingJob:
 
 def sampler_config(name: str) -> DictConfig:
     return OmegaConf.load(CONF_DIR / "sampler" / f"{name}.yaml")
-
-
-def steps_for_nfe(name: str, nfe: int) -> int:
-    """Noise levels giving at most ``nfe`` evaluations (Heun spends 2 * steps - 1)."""
-    return max((nfe + 1) // 2, 1) if name == "heun" else nfe
 
 
 def sampling_jobs(module: DiffusionModule, plan: Plan, device: torch.device) -> list[SamplingJob]:

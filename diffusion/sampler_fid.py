@@ -30,7 +30,7 @@ from diffusion.cli import reports_user_errors
 from diffusion.errors import ConfigError
 from diffusion.metrics import ImageQuality, build_feature_net
 from diffusion.precision import sampling_in_bf16
-from diffusion.samplers import SAMPLERS
+from diffusion.samplers import SAMPLERS, steps_for_nfe
 from diffusion.sampling import Sampler
 
 KARRAS_FAMILY = ("euler", "euler_ancestral", "heun", "lms", "dpmpp_2m")
@@ -41,11 +41,6 @@ def sampler_for(name: str, steps: int, options: dict | None = None, spacing: str
     if spacing == "auto":
         spacing = "karras" if name in KARRAS_FAMILY else "schedule"
     return Sampler(name, steps, spacing, options=options)
-
-
-def steps_for_nfe(name: str, nfe: int) -> int:
-    """Heun spends 2 * steps - 1 evaluations: give it the steps that fit the same budget."""
-    return (nfe + 1) // 2 if name == "heun" else nfe
 
 
 def parse_options(items: list[str]) -> dict[str, float]:

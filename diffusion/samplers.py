@@ -272,3 +272,8 @@ SAMPLERS = {
 def model_evaluations(name: str, steps: int) -> int:
     """Number of denoiser evaluations (NFE) a sampler spends for ``steps`` noise levels."""
     return 2 * steps - 1 if name == "heun" else steps
+
+
+def steps_for_nfe(name: str, nfe: int) -> int:
+    """The inverse of ``model_evaluations``: noise levels giving at most ``nfe`` evaluations (Heun: 2 * steps - 1)."""
+    return max((nfe + 1) // 2, 1) if name == "heun" else nfe

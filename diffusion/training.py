@@ -20,7 +20,6 @@ from diffusion import images
 from diffusion.builders import apply_speed_options, build_module
 from diffusion.callbacks import class_cycle
 from diffusion.checkpoints import check_compatible, check_run_dir, export_safetensors, load_checkpoint, resolve_ckpt_path
-from diffusion.errors import ConfigError
 from diffusion.precision import fast_bf16_available
 
 
