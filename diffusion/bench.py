@@ -58,9 +58,10 @@ reaches in practice, not a datasheet peak), which takes its turns among the trai
 is measured under the same load. On CUDA the fp32 matmul is true fp32 (torch's default) while cuDNN
 convolutions may use TF32 (``torch.backends.cudnn.allow_tf32``, on by default); both flags are reported.
 
-Convolution bound (CPU only): after the turns, the raw steps run 3 more steps under a dispatch mode that clocks every aten
-operator (``OperatorClock``), which gives the time spent in convolutions, forward and backward. The step can never be faster than its
-convolutions, so the naive step's time over the convolutions' time bounds ours / naive from above.
+Convolution bound (CPU only): after the turns, the raw steps run 3 more steps under a dispatch mode that
+clocks every aten operator (``OperatorClock``), which gives the time spent in convolutions, forward and
+backward. The step can never be faster than its convolutions, so the naive step's time over the
+convolutions' time bounds ours / naive from above.
 """
 
 from __future__ import annotations
@@ -452,6 +453,11 @@ class OperatorClock(TorchDispatchMode):
         return out
 
 
+def fastest_naive(contenders: list[Contender]) -> Contender:
+    """The naive pipeline to compare with: the faster of its worker settings."""
+    return max((c for c in contenders if c.name.startswith("naive")), key=lambda c: c.rate)
+
+
 def operator_times(contender: Contender, steps: int = 3) -> dict[str, float]:
     """Seconds per step in each aten operator (forward and backward), largest first."""
     with OperatorClock() as clock:
@@ -464,7 +470,7 @@ def convolution_bound(contenders: list[Contender], batch: int) -> dict:
     """The ceiling of ours / naive: the convolutions of our raw step alone against the naive step at its
     measured rate. Even if every other operator were free, the step cannot be faster than its convolutions."""
     raws = [c for c in contenders if c.name.startswith("raw")]
-    naive = max((c for c in contenders if c.name.startswith("naive")), key=lambda c: c.rate)
+    naive = fastest_naive(contenders)
     profiled = {}
     for c in raws:
         times = operator_times(c)
@@ -665,7 +671,7 @@ def paired_ratio(a: Contender, b: Contender) -> float:
 
 def training_ratios(contenders: list[Contender]) -> dict:
     ours, raw = contenders[0], contenders[1]
-    naive = max((c for c in contenders if c.name.startswith("naive")), key=lambda c: c.rate)
+    naive = fastest_naive(contenders)
     return {
         "ours_over_naive": paired_ratio(ours, naive),
         "naive_used": naive.name,
