@@ -19,7 +19,7 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: $(VENV)/.installed
-	$(BIN)/python -m diffusion.bench $(ARGS)
+	$(BIN)/python -m diffusion.tools.bench $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -126,7 +126,7 @@ def hydra_config(config_name: str = "train", overrides: Iterable[str] = ()):
 def raises_config_error(fn, *args, **kwargs) -> str:
     """Call fn and return the message of the ConfigError it raised, looking through the wrappers
     (Hydra's InstantiationException) that keep it as ``__cause__``."""
-    from diffusion.errors import ConfigError
+    from diffusion.core.errors import ConfigError
 
     with pytest.raises(Exception) as info:
         fn(*args, **kwargs)

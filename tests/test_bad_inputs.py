@@ -217,7 +217,7 @@ CASES = [
          ("{run_copy}/checkpoints/last.ckpt", "different model config", "model="), sub=True),
     Case("ckpt-train-other-model-in-place", "train", ("paths.output_dir={run_copy}", "ckpt_path=last", "model.channel_mult=[1,2,2]"),
          ("{run_copy}/checkpoints/last.ckpt", "different model config")),
-    # -- evaluation (python -m diffusion.evaluate) ----------------------------------------------------------
+    # -- evaluation (python -m diffusion.tools.evaluate) ----------------------------------------------------------
     Case("evaluate-samples-missing", "evaluate", ("samples={case}/absent.npz",), ("samples={case}/absent.npz", "not found")),
     Case("evaluate-samples-random-bytes", "evaluate", ("samples={case}/random.npz",), ("{case}/random.npz", "cannot read samples"),
          _write("random.npz", _RANDOM)),
@@ -238,7 +238,7 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 
 def existing_samples(directory: Path) -> Path:
     """An earlier sample.py result: samples.npz and grid.png."""
-    from diffusion import images
+    from diffusion.data import images
 
     pictures = np.random.default_rng(1).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
     images.save_npz(pictures, np.arange(4), directory / "samples.npz")
@@ -276,18 +276,18 @@ def words_of(case: Path, spec: Case, context: dict[str, str]) -> list[str]:
 
 
 def run_in_process(spec: Case, args: list[str], capsys) -> tuple[object, str]:
-    from diffusion.cli import reports_user_errors
+    from diffusion.tools.cli import reports_user_errors
 
     if spec.script == "train":
-        from diffusion.training import train as body
+        from diffusion.tools.train import train as body
 
         cfg = compose_config("train", TINY_TRAIN + args)
     elif spec.script == "sample":
-        from diffusion.generation import sample_to_folder as body
+        from diffusion.tools.sample import sample_to_folder as body
 
         cfg = compose_config("sample", args)
     else:
-        from diffusion.evaluate import evaluate as body
+        from diffusion.tools.evaluate import evaluate as body
 
         cfg = compose_config("evaluate", args)
     capsys.readouterr()

@@ -6,7 +6,7 @@ import json
 
 from conftest import TINY_MODEL
 
-from diffusion import bench
+from diffusion.tools import bench
 
 
 def test_quick_bench_runs_every_contender_and_writes_json(tmp_path, capsys):

@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 
-from diffusion.exact import Harness, make_dataset, nearest_distance, pairwise_rms
-from diffusion.samplers import churn, sample_euler, sample_heun
+from diffusion.core.exact import Harness, make_dataset, nearest_distance, pairwise_rms
+from diffusion.core.samplers.ode import churn, sample_euler, sample_heun
 
 SIGMAS = torch.tensor([10.0, 4.0, 1.0, 0.3, 0.0], dtype=torch.float64)  # 4 steps
 

@@ -185,7 +185,7 @@ def test_same_seed_gives_identical_samples(sampled):
 
 def test_other_sampler_null_class_and_guidance(trained, tmp_path, capsys):
     """sample.py's body in-process: another sampler, the null class, classifier-free guidance, overwrite."""
-    from diffusion.generation import sample_to_folder
+    from diffusion.tools.sample import sample_to_folder
 
     def run(out, *overrides):
         sample_to_folder(compose_config("sample", [f"ckpt={trained.ckpt}", "n=5", "sampler=heun", "steps=3", "seed=1",
@@ -217,10 +217,10 @@ def test_other_sampler_null_class_and_guidance(trained, tmp_path, capsys):
 
 def test_sample_labels_in_process(trained):
     """How sample.py reads label= (the bad settings are in tests/test_bad_inputs.py)."""
-    from diffusion.builders import module_from_checkpoint
-    from diffusion.checkpoints import load_checkpoint
-    from diffusion.errors import ConfigError
-    from diffusion.generation import parse_labels
+    from diffusion.training.builders import module_from_checkpoint
+    from diffusion.training.checkpoints import load_checkpoint
+    from diffusion.core.errors import ConfigError
+    from diffusion.tools.sample import parse_labels
 
     module = module_from_checkpoint(load_checkpoint(trained.ckpt))
     assert parse_labels(None, 7, module).tolist() == [0, 1, 2, 3, 4, 0, 1]
@@ -234,8 +234,8 @@ def test_sample_labels_in_process(trained):
 
 
 def test_safetensors_export_matches_last_checkpoint(trained):
-    from diffusion.builders import module_from_checkpoint
-    from diffusion.checkpoints import load_checkpoint
+    from diffusion.training.builders import module_from_checkpoint
+    from diffusion.training.checkpoints import load_checkpoint
 
     export = trained.run_dir / "checkpoints" / "final.safetensors"
     if not export.exists():
@@ -249,8 +249,8 @@ def test_safetensors_export_matches_last_checkpoint(trained):
 
 
 def test_resolve_ckpt_path(trained, tmp_path):
-    from diffusion.checkpoints import resolve_ckpt_path
-    from diffusion.errors import ConfigError
+    from diffusion.training.checkpoints import resolve_ckpt_path
+    from diffusion.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="absent.ckpt"):
         resolve_ckpt_path(str(tmp_path / "absent.ckpt"), tmp_path)
@@ -264,7 +264,7 @@ def test_resolve_ckpt_path(trained, tmp_path):
 
 
 def _exit_of(fn, capsys):
-    from diffusion.cli import reports_user_errors
+    from diffusion.tools.cli import reports_user_errors
 
     with pytest.raises(SystemExit) as info:
         reports_user_errors(fn)()
@@ -275,7 +275,7 @@ def _exit_of(fn, capsys):
 def test_wrapper_reports_config_errors_in_one_line(capsys):
     from hydra.utils import instantiate
 
-    from diffusion.errors import ConfigError
+    from diffusion.core.errors import ConfigError
 
     def direct():
         raise ConfigError("schedule.T=0 must be positive")
@@ -283,7 +283,7 @@ def test_wrapper_reports_config_errors_in_one_line(capsys):
     assert _exit_of(direct, capsys) == (2, "error: schedule.T=0 must be positive\n")
 
     def wrapped():  # Hydra's instantiate keeps the ConfigError as __cause__ of its own exception
-        instantiate({"_target_": "diffusion.schedules.LinearSchedule", "T": 0})
+        instantiate({"_target_": "diffusion.core.schedules.LinearSchedule", "T": 0})
 
     code, err = _exit_of(wrapped, capsys)
     assert code == 2 and err.startswith("error: schedule.T=0") and err.count("\n") == 1
@@ -300,7 +300,7 @@ def test_wrapper_reports_missing_settings(capsys):
 
 
 def test_wrapper_lets_bugs_through(capsys):
-    from diffusion.cli import reports_user_errors
+    from diffusion.tools.cli import reports_user_errors
 
     def bug():
         raise KeyError("a bug, not the user's input")

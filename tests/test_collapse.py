@@ -2,8 +2,8 @@
 
 A tiny U-Net is trained here for a few hundred steps on procedural sprites (about 15 s on one core); the same
 starting noise is then sampled with DDPM twice, with and without the noise of Algorithm 2, line 4. The figures on
-the fully trained main-job models are in BENCHMARKS.md, measured with ``python -m diffusion.collapse CKPT`` and
-``python -m diffusion.sampler_fid CKPT --collapse``; the exact-denoiser version of this test is in
+the fully trained main-job models are in BENCHMARKS.md, measured with ``python -m diffusion.tools.collapse CKPT`` and
+``python -m diffusion.tools.sampler_fid CKPT --collapse``; the exact-denoiser version of this test is in
 test_exact_denoiser.py.
 """
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL, compose_config
-from diffusion.builders import build_module
-from diffusion.collapse import ddpm_both_ways, detail, spread
+from diffusion.training.builders import build_module
+from diffusion.tools.collapse import ddpm_both_ways, detail, spread
 from diffusion.data.procedural import generate_sprites
 
 STEPS, BATCH = 300, 32
@@ -54,7 +54,7 @@ def test_ddpm_without_noise_collapses_on_a_trained_model(trained):
 
 
 def test_the_collapse_command_prints_both_ways_and_writes_the_picture(tiny_run, tmp_path, capsys):
-    from diffusion import collapse
+    from diffusion.tools import collapse
 
     out = tmp_path / "collapse.png"
     rows = collapse.run(collapse.build_parser().parse_args([str(tiny_run.ckpt), "--n", "4", "--out", str(out)]))
@@ -64,7 +64,7 @@ def test_the_collapse_command_prints_both_ways_and_writes_the_picture(tiny_run, 
     assert "validation images: spread" in printed and "DDPM add_noise=false" in printed
     from PIL import Image
 
-    from diffusion.images import grid
+    from diffusion.data.images import grid
 
     strip = grid(np.zeros((4, 16, 16, 3), np.uint8), ncols=16)
     assert Image.open(out).size == (strip.shape[1], 2 * strip.shape[0] + 4)  # with noise above, without below

@@ -14,7 +14,7 @@ from PIL import Image
 
 from diffusion.data import sources
 from diffusion.data.datamodule import ImageFolder, NpySprites, ProceduralSprites, ShardedBatches
-from diffusion.errors import ConfigError
+from diffusion.core.errors import ConfigError
 
 
 def npy_module(directory: Path, **kwargs) -> NpySprites:

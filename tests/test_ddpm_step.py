@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion.denoiser import Denoiser
-from diffusion.objectives import EDMPreconditioning, EpsPrediction, VPrediction, X0Prediction
-from diffusion.samplers import sample_ddpm
-from diffusion.schedules import LinearSchedule
+from diffusion.core.denoiser import Denoiser
+from diffusion.core.objectives import EDMPreconditioning, EpsPrediction, VPrediction, X0Prediction
+from diffusion.core.samplers.ancestral import sample_ddpm
+from diffusion.core.schedules import LinearSchedule
 
 # A schedule small enough to do by hand: T = 3, beta = 0.1, 0.2, 0.3.
 BETA = {1: 0.1, 2: 0.2, 3: 0.3}

@@ -1,6 +1,6 @@
 """Every sampler against the exact denoiser of a small fixed data set: no training involved.
 
-With D(x, sigma) = E[x0 | x] exact (diffusion.exact), the probability-flow ODE carries noise onto the data
+With D(x, sigma) = E[x0 | x] exact (diffusion.core.exact), the probability-flow ODE carries noise onto the data
 set itself, so a sampler's output should be (almost exactly) a member of it, and a deterministic sampler's
 error against a very fine solution of the same ODE, from the same noise, is its integration error alone.
 Errors are measured at sigma_min (``final_zero=False``): the last step to sigma = 0 snaps x onto a data point,
@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion.exact import (
+from diffusion.core.exact import (
     DETERMINISTIC,
     ExactDenoiser,
     Harness,
@@ -23,8 +23,8 @@ from diffusion.exact import (
     pairwise_rms,
     rms,
 )
-from diffusion.samplers import SAMPLERS
-from diffusion.schedules import LinearSchedule
+from diffusion.core.samplers import all_samplers
+from diffusion.core.schedules import LinearSchedule
 
 N_DATA, N_SAMPLES = 32, 16
 
@@ -98,7 +98,7 @@ def test_nearest_distance(data):
 
 
 @pytest.mark.parametrize("grid", ["karras", "linear"])
-@pytest.mark.parametrize("name", list(SAMPLERS))
+@pytest.mark.parametrize("name", list(all_samplers()))
 def test_samplers_land_on_the_data_set(data, name, grid):
     if grid == "karras":
         harness, steps = Harness(data), 25

@@ -76,7 +76,7 @@ def _pause(what):
 
 def _install(kind, n):
     if kind in ("train_step", "val_step"):  # pause at the start of the step at global_step n
-        from diffusion.module import DiffusionModule
+        from diffusion.training.module import DiffusionModule
 
         name = "training_step" if kind == "train_step" else "validation_step"
         original, done = getattr(DiffusionModule, name), []
@@ -145,8 +145,8 @@ def read_rows(run_dir: Path) -> list[dict[str, str]]:
 
 
 def ckpt_steps(directory: Path) -> dict[str, object]:
-    from diffusion.checkpoints import load_checkpoint
-    from diffusion.errors import ConfigError
+    from diffusion.training.checkpoints import load_checkpoint
+    from diffusion.core.errors import ConfigError
 
     steps: dict[str, object] = {}
     for path in sorted(directory.glob("*.ckpt")):
@@ -272,8 +272,8 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(chains):
     assert sorted(p.name for p in stage.saved.iterdir()) == ["epoch_000.ckpt", "last.ckpt"], "a partial file in checkpoints/"
 
     # The half-written bytes are in the temporary file, in $TMPDIR, and are not mistaken for a checkpoint.
-    from diffusion.checkpoints import load_checkpoint
-    from diffusion.errors import ConfigError
+    from diffusion.training.checkpoints import load_checkpoint
+    from diffusion.core.errors import ConfigError
 
     tmpdir = stage.saved.parent / f"tmp-{stage.name}"
     assert os.stat(tmpdir).st_dev == os.stat(stage.saved.parent / "run").st_dev, "rename is atomic on one file system only"
@@ -389,8 +389,8 @@ def test_lightning_saves_checkpoints_through_a_temporary_file(tmp_path, monkeypa
 
 
 def test_run_dir_that_cannot_be_created(tmp_path):
-    from diffusion.checkpoints import check_run_dir
-    from diffusion.errors import ConfigError
+    from diffusion.training.checkpoints import check_run_dir
+    from diffusion.core.errors import ConfigError
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")

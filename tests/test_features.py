@@ -13,8 +13,8 @@ from conftest import ROOT, compose_config, describe
 
 from diffusion.data.datamodule import NpySprites, ProceduralSprites
 from diffusion.data.procedural import generate_sprites
-from diffusion.errors import ConfigError
-from diffusion.features import (
+from diffusion.core.errors import ConfigError
+from diffusion.evaluation.features import (
     ARCH_VERSION,
     SpriteFeatureNet,
     TrainSettings,
@@ -87,7 +87,7 @@ def test_load_or_train_caches_by_content_hash(tmp_path, monkeypatch):
     assert path.is_file() and path.stat().st_size < 1_000_000
     assert net.info["n_train"] + net.info["n_holdout"] == 180  # the training split only
 
-    import diffusion.features as features
+    import diffusion.evaluation.features as features
 
     monkeypatch.setattr(features, "train_feature_net", lambda *a, **k: pytest.fail("cached weights were retrained"))
     again = load_or_train(ProceduralSprites(n=200, generator_seed=1, cache_dir=None, batch_size=16, val_fraction=0.1), tmp_path, settings=FAST)
@@ -119,12 +119,12 @@ def test_config_defaults_match_code_defaults():
 def test_features_cli(tmp_path, sprite_dir):
     cache = tmp_path / "cache"
     args = [f"data=sprites", f"data.dir={sprite_dir}", f"metrics.cache_dir={cache}", "metrics.train.batch_size=32", "metrics.train.min_steps=10", f"out={tmp_path / 'w.safetensors'}"]
-    proc = subprocess.run([sys.executable, "-m", "diffusion.features", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "diffusion.tools.features", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, describe(proc)
     assert "version:  sprite-cnn-v1-" in proc.stdout and "accuracy:" in proc.stdout
     assert (tmp_path / "w.safetensors").is_file() and len(list(cache.glob("sprite-cnn-v1-*.safetensors"))) == 1
     bad = subprocess.run(
-        [sys.executable, "-m", "diffusion.features", "data=sprites", f"data.dir={sprite_dir}", "data.labels=null", f"metrics.cache_dir={cache}"],
+        [sys.executable, "-m", "diffusion.tools.features", "data=sprites", f"data.dir={sprite_dir}", "data.labels=null", f"metrics.cache_dir={cache}"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "metrics.feature_weights" in bad.stderr, describe(bad)

@@ -12,14 +12,14 @@ import pytest
 import torch
 from conftest import TINY_MODEL, compose_config
 
-from diffusion import images as image_files
-from diffusion.callbacks import SampleGrid
+from diffusion.data import images as image_files
+from diffusion.training.callbacks import SampleGrid
 from diffusion.data.datamodule import ProceduralSprites
 from diffusion.data.procedural import generate_sprites
-from diffusion.errors import ConfigError
-from diffusion.features import ARCH_VERSION, load_weights, save_weights, train_feature_net
-from diffusion.metrics import ImageQuality, build_feature_net, fidelity_metrics, shard, to_uint8
-from diffusion.sampling import Sampler
+from diffusion.core.errors import ConfigError
+from diffusion.evaluation.features import ARCH_VERSION, load_weights, save_weights, train_feature_net
+from diffusion.evaluation.metrics import ImageQuality, build_feature_net, fidelity_metrics, shard, to_uint8
+from diffusion.core.sampling import Sampler
 
 
 @pytest.fixture(scope="module")
@@ -154,9 +154,9 @@ def test_two_processes_give_the_single_process_figure(tmp_path, sprites, weights
 def test_callback_logs_fid_in_a_tiny_run(tmp_path):
     from lightning.pytorch.loggers import CSVLogger
 
-    from diffusion.builders import build_module
-    from diffusion.fid_callback import FIDCallback
-    from diffusion.plots import plot_run
+    from diffusion.training.builders import build_module
+    from diffusion.evaluation.fid_callback import FIDCallback
+    from diffusion.evaluation.plots import plot_run
 
     cfg = compose_config("train", TINY_MODEL + ["paths.output_dir=" + str(tmp_path)])
     data = ProceduralSprites(n=200, cache_dir=None, batch_size=32, val_fraction=0.25)
@@ -206,7 +206,7 @@ def test_callback_logs_fid_in_a_tiny_run(tmp_path):
 
 
 def test_evaluate_npz_and_png_folder(tmp_path, sprite_dir):
-    from diffusion.evaluate import evaluate, load_samples
+    from diffusion.tools.evaluate import evaluate, load_samples
 
     images, _ = generate_sprites(40, seed=9)
     np.savez(tmp_path / "samples.npz", images=images, labels=np.zeros(40, dtype=np.int64))
@@ -242,7 +242,7 @@ def test_callback_turns_itself_off_on_unlabelled_data(sprite_dir, tmp_path):
     from types import SimpleNamespace
 
     from diffusion.data.datamodule import NpySprites
-    from diffusion.fid_callback import FIDCallback
+    from diffusion.evaluation.fid_callback import FIDCallback
 
     data = NpySprites(dir=str(sprite_dir), labels=None, batch_size=16, val_fraction=0.1)
     trainer = SimpleNamespace(datamodule=data, world_size=1, is_global_zero=True, loggers=[], sanity_checking=False)

@@ -35,8 +35,10 @@ from diffusers import (  # noqa: E402
     LMSDiscreteScheduler,
 )
 
-from diffusion.samplers import sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_euler, sample_heun, sample_lms  # noqa: E402
-from diffusion.schedules import CosineSchedule, LinearSchedule, get_sigmas_karras  # noqa: E402
+from diffusion.core.samplers.ancestral import sample_ddim, sample_ddpm  # noqa: E402
+from diffusion.core.samplers.multistep import sample_dpmpp_2m  # noqa: E402
+from diffusion.core.samplers.ode import sample_euler, sample_heun, sample_lms  # noqa: E402
+from diffusion.core.schedules import CosineSchedule, LinearSchedule, get_sigmas_karras  # noqa: E402
 
 SHAPE = (4, 3, 8, 8)
 F32 = dict(rtol=1e-4, atol=1e-4)  # float32 rounding of O(sigma_max) iterates, see the module docstring
@@ -60,7 +62,7 @@ def test_linear_alpha_bar_matches_diffusers(T):
 
 
 def _nichol_alpha_bar(t: np.ndarray, s: float = 0.008) -> np.ndarray:
-    """Nichol & Dhariwal 2021, eq. 17, written independently of diffusion.schedules."""
+    """Nichol & Dhariwal 2021, eq. 17, written independently of diffusion.core.schedules."""
     f = lambda u: np.cos((u + s) / (1 + s) * np.pi / 2) ** 2  # noqa: E731
     return f(t) / f(0.0)
 

@@ -1,4 +1,4 @@
-"""`python -m diffusion.sampler_fid`: FID against NFE on a trained checkpoint, its rows and its options."""
+"""`python -m diffusion.tools.sampler_fid`: FID against NFE on a trained checkpoint, its rows and its options."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from diffusion import sampler_fid
+from diffusion.tools import sampler_fid
 
 
 def test_rows_for_every_sampler_budget_and_the_extra_rows(tiny_run, tmp_path):

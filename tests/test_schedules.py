@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion.errors import ConfigError
-from diffusion.sampling import Sampler
-from diffusion.schedules import (
+from diffusion.core.errors import ConfigError
+from diffusion.core.sampling import Sampler
+from diffusion.core.schedules import (
     CosineSchedule,
     EDMSchedule,
     LinearSchedule,

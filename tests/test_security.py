@@ -11,7 +11,7 @@ payload does run when loaded without those guards.
 
 train.py on a resume reads the checkpoint with ``load_checkpoint`` before Lightning does, and Lightning's own
 load is asked for weights_only=True too (Lightning 2.6 passes weights_only=None to ``torch.load``, which torch
-2.6+ takes as True unless TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set). ``python -m diffusion.evaluate`` reads no
+2.6+ takes as True unless TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set). ``python -m diffusion.tools.evaluate`` reads no
 model checkpoint, but with ``metrics.features=inception`` it reads an Inception weights file, which
 torch-fidelity loads with ``weights_only=False``: ``metrics.inception_weights_path`` checks it first.
 """
@@ -116,8 +116,8 @@ def test_train_resume_refuses_a_pickled_payload(runs):
 
 def test_train_refuses_a_pickled_payload_by_path(tiny_run, tmp_path, capsys):
     """ckpt_path=FILE into a new run directory: train.py's body in-process (the payload would run in this process)."""
-    from diffusion.cli import reports_user_errors
-    from diffusion.training import train
+    from diffusion.tools.cli import reports_user_errors
+    from diffusion.tools.train import train
 
     marker = tmp_path / "ran"
     evil = pickled_checkpoint(tiny_run.ckpt, tmp_path / "evil.ckpt", marker)
@@ -132,7 +132,7 @@ def test_train_refuses_a_pickled_payload_by_path(tiny_run, tmp_path, capsys):
 
 def tampered(tiny_run, tmp_path: Path, marker: Path, where: str, fmt: str) -> Path:
     """last.ckpt (or its export) with ``_target_: os.system`` put into its stored config at ``where``."""
-    from diffusion.checkpoints import load_checkpoint
+    from diffusion.training.checkpoints import load_checkpoint
 
     checkpoint = load_checkpoint(tiny_run.ckpt if fmt == "ckpt" else tiny_run.export)
     node = checkpoint["diffusion"]["config"]
@@ -145,7 +145,7 @@ def tampered(tiny_run, tmp_path: Path, marker: Path, where: str, fmt: str) -> Pa
         full["diffusion"] = checkpoint["diffusion"]
         torch.save(full, tmp_path / "tampered.ckpt")
         return tmp_path / "tampered.ckpt"
-    from diffusion.checkpoints import export_safetensors
+    from diffusion.training.checkpoints import export_safetensors
 
     return export_safetensors(checkpoint["state_dict"], checkpoint["diffusion"], tmp_path / "tampered.safetensors")
 
@@ -154,8 +154,8 @@ def tampered(tiny_run, tmp_path: Path, marker: Path, where: str, fmt: str) -> Pa
 @pytest.mark.parametrize("where", ["schedule", "objective", "sampler.options.eta", "optimizer"])
 def test_sample_refuses_code_named_by_a_stored_config(tiny_run, tmp_path, capsys, fmt, where):
     """sample.py's body in-process: without the check, instantiate would run os.system in this process."""
-    from diffusion.cli import reports_user_errors
-    from diffusion.generation import sample_to_folder
+    from diffusion.tools.cli import reports_user_errors
+    from diffusion.tools.sample import sample_to_folder
 
     marker = tmp_path / "ran"
     path = tampered(tiny_run, tmp_path, marker, where, fmt)
@@ -171,8 +171,8 @@ def test_sample_refuses_code_named_by_a_stored_config(tiny_run, tmp_path, capsys
 
 def test_evaluate_refuses_pickled_inception_weights(tiny_run, tmp_path, capsys):
     """evaluate's body in-process: torch-fidelity would unpickle metrics.inception_weights without weights_only."""
-    from diffusion.cli import reports_user_errors
-    from diffusion.evaluate import evaluate
+    from diffusion.tools.cli import reports_user_errors
+    from diffusion.tools.evaluate import evaluate
 
     marker = tmp_path / "ran"
     weights = tmp_path / "inception.pth"

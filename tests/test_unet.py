@@ -7,8 +7,8 @@ import torch
 from conftest import TINY_MODEL, compose_config, raises_config_error
 from hydra.utils import instantiate
 
-from diffusion.errors import ConfigError
-from diffusion.unet import UNet
+from diffusion.core.errors import ConfigError
+from diffusion.nets.unet import UNet
 
 N_CLASSES = 5
 
@@ -127,7 +127,7 @@ def test_norm_groups_not_dividing_channels_raises():
 
 def test_speed_options_keep_the_weights_and_the_output():
     """training.channels_last / training.compile: NHWC weights and a compiled forward, same names and values."""
-    from diffusion.builders import apply_speed_options
+    from diffusion.training.builders import apply_speed_options
 
     net = model_from_config("small", TINY_MODEL)
     perturb_output_layer(net)

@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from diffusion.data import sources
-from diffusion.errors import ConfigError
+from diffusion.core.errors import ConfigError
 
 
 class IndexedTensors(Dataset):

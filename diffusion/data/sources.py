@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffusion.errors import ConfigError
+from diffusion.core.errors import ConfigError
 
 COURSE_CLASSES = ("hero", "non-hero", "food", "spell", "side-facing")
 COURSE_FILES_HINT = (

@@ -1,0 +1,107 @@
+"""Training objectives as preconditionings of one denoiser (Karras et al. 2022, sec. 5 and Table 1).
+
+Each objective says how the raw network F is wrapped into a denoiser of x_sigma = x0 + sigma * eps:
+
+    D(x, sigma) = c_skip(sigma) * x + c_out(sigma) * F(c_in(sigma) * x, c_noise(sigma))
+
+and the network is trained to output the target that makes D exact,
+
+    F_target = (x0 - c_skip * x) / c_out,     loss = || F - F_target ||^2.
+
+With this form predicting the noise, the clean image and v are the same code with different
+coefficients, and every sampler sees the same thing: an estimate of x0. For the variance-
+preserving objectives c_in = 1 / sqrt(1 + sigma^2) = sqrt(alpha_bar), so the network sees exactly
+sqrt(alpha_bar) * x0 + sqrt(1 - alpha_bar) * eps, the DDPM noising.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from diffusion.core.errors import ConfigError
+
+
+class Objective:
+    """Preconditioning coefficients and the matching regression target."""
+
+    name = "objective"
+
+    def c_skip(self, sigma: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def c_out(self, sigma: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def c_in(self, sigma: Tensor) -> Tensor:
+        return (sigma**2 + 1).rsqrt()
+
+    def target(self, x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
+        x = x0 + sigma * noise
+        return (x0 - self.c_skip(sigma) * x) / self.c_out(sigma)
+
+
+class EpsPrediction(Objective):
+    """Predict the noise: D = x - sigma * F, target eps. With uniform t this is the DDPM "simple" loss
+    (Ho et al. 2020, eq. 14)."""
+
+    name = "eps"
+
+    def c_skip(self, sigma):
+        return sigma.new_ones(())
+
+    def c_out(self, sigma):
+        return -sigma
+
+    def target(self, x0, noise, sigma):
+        return noise
+
+
+class X0Prediction(Objective):
+    """Predict the clean image directly: D = F."""
+
+    name = "x0"
+
+    def c_skip(self, sigma):
+        return sigma.new_zeros(())
+
+    def c_out(self, sigma):
+        return sigma.new_ones(())
+
+    def target(self, x0, noise, sigma):
+        return x0
+
+
+class VPrediction(Objective):
+    """Predict v = sqrt(alpha_bar) * eps - sqrt(1 - alpha_bar) * x0 (Salimans & Ho 2022, "Progressive
+    Distillation", sec. 4). In sigma terms: c_skip = 1 / (1 + sigma^2), c_out = -sigma / sqrt(1 + sigma^2),
+    which is EDM's preconditioning with sigma_data = 1 up to the sign of F."""
+
+    name = "v"
+
+    def c_skip(self, sigma):
+        return 1 / (sigma**2 + 1)
+
+    def c_out(self, sigma):
+        return -sigma * (sigma**2 + 1).rsqrt()
+
+
+class EDMPreconditioning(Objective):
+    """Karras et al. 2022, Table 1: c_skip = sd^2 / (sigma^2 + sd^2), c_out = sigma * sd / sqrt(sigma^2 + sd^2),
+    c_in = 1 / sqrt(sigma^2 + sd^2). Their loss weight lambda = 1 / c_out^2 is exactly what makes the
+    F-space loss unweighted, so ``target`` needs no extra factor."""
+
+    name = "edm"
+
+    def __init__(self, sigma_data: float = 0.5):
+        if not sigma_data > 0:
+            raise ConfigError(f"objective.sigma_data={sigma_data} must be > 0 (the data's standard deviation)")
+        self.sigma_data = float(sigma_data)
+
+    def c_skip(self, sigma):
+        return self.sigma_data**2 / (sigma**2 + self.sigma_data**2)
+
+    def c_out(self, sigma):
+        return sigma * self.sigma_data * (sigma**2 + self.sigma_data**2).rsqrt()
+
+    def c_in(self, sigma):
+        return (sigma**2 + self.sigma_data**2).rsqrt()

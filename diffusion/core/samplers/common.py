@@ -1,0 +1,62 @@
+"""What every sampler shares: the callback type, noise drawing, and the cost in denoiser evaluations.
+
+A sampler is a plain function ``sample_x(denoiser, x, sigmas, *, <options>, generator=None, callback=None)``
+over a denoiser D(x, sigma) -> x0 estimate and descending noise levels ``sigmas`` ending with 0, ``x``
+starting as noise at sigmas[0]. All work in the variance-exploding form x = x0 + sigma * eps (see
+``core.schedules``). Each calls ``callback(i, x, denoised)`` after step i. A new sampler is one function in
+this package (or anywhere importable) plus one file in ``conf/sampler/`` naming it: nothing else to edit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+Callback = Callable[[int, Tensor, Tensor], None] | None
+
+
+def noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    # Drawn on the generator's device and moved, so a seed gives the same noise on CPU and GPU.
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+
+
+def alpha_bar(sigma: Tensor) -> Tensor:
+    """The variance-preserving alpha_bar of a noise level: x_vp = sqrt(alpha_bar) * x."""
+    return 1 / (1 + sigma**2)
+
+
+def notify(callback: Callback, i: int, x: Tensor, denoised: Tensor) -> None:
+    if callback is not None:
+        callback(i, x, denoised)
+
+
+def evaluations(per_step: int = 1, saved: int = 0) -> Callable[[Callable], Callable]:
+    """Declare a sampler's cost: ``per_step`` denoiser evaluations a noise level, ``saved`` fewer in all (Heun
+    skips its correction on the step to 0: 2n - 1). Samplers without it cost one evaluation a level."""
+
+    def mark(fn: Callable) -> Callable:
+        fn.evaluations_per_step, fn.evaluations_saved = per_step, saved
+        return fn
+
+    return mark
+
+
+def model_evaluations(fn: Callable, steps: int) -> int:
+    """Number of denoiser evaluations (NFE) sampler ``fn`` spends for ``steps`` noise levels."""
+    return getattr(fn, "evaluations_per_step", 1) * steps - getattr(fn, "evaluations_saved", 0)
+
+
+def steps_for_nfe(fn: Callable, nfe: int) -> int:
+    """The inverse of ``model_evaluations``: noise levels giving at most ``nfe`` evaluations (at least one)."""
+    per_step, saved = getattr(fn, "evaluations_per_step", 1), getattr(fn, "evaluations_saved", 0)
+    return max((nfe + saved) // per_step, 1)
+
+
+def stochastic(fn: Callable) -> Callable:
+    """Mark a sampler that draws fresh noise at its default options (ancestral and SDE samplers): its result is not
+    a function of the starting noise alone."""
+    fn.stochastic = True
+    return fn

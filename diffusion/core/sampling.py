@@ -1,0 +1,123 @@
+"""A sampler choice as a config object (which function, how many noise levels, which spacing) and ``generate``."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffusion.core.denoiser import Denoiser, conditioned
+from diffusion.core.errors import ConfigError
+from diffusion.core import samplers
+from diffusion.core.samplers.common import Callback, model_evaluations
+from diffusion.core.schedules import Schedule
+
+SPACINGS = ("karras", "schedule")
+
+
+def resolve_function(path: str) -> Callable:
+    """The sampler function a config names: by its import path (``diffusion.core.samplers.ode.sample_heun``,
+    ``mypkg.samplers.sample_x``) or, for the framework's own, by its short name (``heun``)."""
+    module_name, _, attr = str(path).rpartition(".")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr, None) if module_name else samplers.by_name(attr)
+    except ImportError:
+        fn = None
+    if not callable(fn):
+        raise ConfigError(
+            f"unknown sampler {path!r}; choose one of {', '.join(samplers.all_samplers())} (sampler=heun) "
+            "or name your own function as sampler.fn=mypkg.module.sample_x"
+        )
+    return fn
+
+
+class Sampler:
+    """``sampler=`` in the configs: a sampler function plus its noise levels.
+
+    Args:
+        fn: import path of the function, e.g. ``diffusion.core.samplers.ode.sample_heun`` (see
+            ``core.samplers.common`` for the signature); each file of ``conf/sampler/`` names one.
+        steps: number of noise levels visited (the final 0 not counted).
+        spacing: "karras" for the rho-spacing of Karras et al. 2022 (eq. 5) between the schedule's
+            sigma_min and sigma_max, "schedule" for the schedule's own levels (DDPM's t = T..1).
+        rho: the exponent of the Karras spacing.
+        options: keyword options of the sampler function (eta, add_noise, variance, order, s_churn, ...).
+        name: a label for tables and file names; by default the function's name without ``sample_``.
+    """
+
+    def __init__(
+        self,
+        fn: str,
+        steps: int = 500,
+        spacing: str = "schedule",
+        rho: float = 7.0,
+        options: Mapping[str, Any] | None = None,
+        name: str | None = None,
+    ):
+        self.function = resolve_function(fn)
+        if spacing not in SPACINGS:
+            raise ConfigError(f"unknown sampler spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+        if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
+            raise ConfigError(f"steps={steps} must be an integer >= 1")
+        self.fn, self.steps, self.spacing, self.rho = str(fn), steps, spacing, float(rho)
+        self.options = dict(options or {})
+        self.name = name or self.function.__name__.removeprefix("sample_")
+
+    def with_steps(self, steps: int) -> Sampler:
+        return Sampler(self.fn, steps, self.spacing, self.rho, self.options, self.name)
+
+    @property
+    def nfe(self) -> int:
+        return model_evaluations(self.function, self.steps)
+
+    def sigmas(self, schedule: Schedule) -> Tensor:
+        if self.spacing == "karras":
+            return schedule.karras_sigmas(self.steps, self.rho)
+        return schedule.sigmas(self.steps)
+
+    def __repr__(self) -> str:
+        return f"Sampler({self.name}, steps={self.steps}, spacing={self.spacing}, nfe={self.nfe})"
+
+
+@torch.no_grad()
+def generate(
+    denoiser: Denoiser,
+    sampler: Sampler,
+    n: int,
+    *,
+    image_size: int,
+    labels: Tensor | None = None,
+    guidance: float = 0.0,
+    null_label: int | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    callback: Callback = None,
+    bf16: bool = False,
+) -> Tensor:
+    """Draw n images in [-1, 1], shape (n, 3, H, W); ``bf16`` runs the network under bf16 autocast (the
+    sampler's updates of x stay in float32: autocast changes matrix products and convolutions only).
+
+    The starting noise has standard deviation sqrt(sigma_max^2 + 1): the exact variance-preserving
+    prior N(0, I) mapped to sigma form, so DDPM over all T steps is the course's sampler exactly.
+    """
+    if n < 1:
+        raise ConfigError(f"n={n} must be at least 1")
+    if guidance < 0:
+        raise ConfigError(f"guidance={guidance} must be >= 0 (0 = plain conditional sampling)")
+    schedule = denoiser.schedule
+    sigmas = sampler.sigmas(schedule).to(device)
+    gen_device = generator.device if generator is not None else device
+    noise = torch.randn(n, 3, image_size, image_size, generator=generator, device=gen_device).to(device)
+    x = noise * math.sqrt(float(sigmas[0]) ** 2 + 1)
+    if labels is not None:
+        labels = labels.to(device)
+    # Only ever switch autocast on: bf16=False leaves a caller's own autocast context in force.
+    precision = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with precision:
+        x = sampler.function(conditioned(denoiser, labels, guidance, null_label), x, sigmas, generator=generator, callback=callback, **sampler.options)
+    return (x / schedule.input_scale).clamp(-1, 1)

@@ -1,0 +1,248 @@
+"""Noise schedules, all expressed as noise levels sigma of the variance-exploding form.
+
+Every schedule here describes x_sigma = x0 + sigma * eps (Karras et al. 2022, "Elucidating the
+Design Space of Diffusion-Based Generative Models", eq. 1). A variance-preserving schedule with
+cumulative signal fraction alpha_bar is the same process rescaled:
+
+    x_t = sqrt(alpha_bar) * x0 + sqrt(1 - alpha_bar) * eps  =  sqrt(alpha_bar) * x_sigma,
+    sigma = sqrt((1 - alpha_bar) / alpha_bar).
+
+So one set of samplers and objectives serves DDPM, cosine, sigmoid and EDM schedules alike. A
+schedule answers three questions: which noise levels to train on (``sample_sigma``), what the
+network is told about the noise level (``c_noise``), and which levels its own sampler walks
+through (``sigmas``). ``input_scale`` multiplies the data before noising (Chen 2023, "On the
+Importance of Noise Scheduling for Diffusion Models", sec. 3).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from diffusion.core.errors import ConfigError
+
+
+def sigma_from_alpha_bar(alpha_bar: Tensor) -> Tensor:
+    return ((1 - alpha_bar) / alpha_bar).sqrt()
+
+
+def alpha_bar_from_sigma(sigma: Tensor) -> Tensor:
+    return 1 / (1 + sigma**2)
+
+
+def get_sigmas_karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
+    """Noise levels of Karras et al. 2022, eq. 5, followed by a final 0."""
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    min_inv, max_inv = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sigmas = (max_inv + ramp * (min_inv - max_inv)) ** rho
+    return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
+
+
+def _check_steps(steps: int) -> None:
+    if steps < 1:
+        raise ConfigError(f"steps={steps} must be at least 1; set steps=N with N >= 1")
+
+
+class Schedule:
+    """Base class: subclasses define the training levels, the network's noise input and their own spacing."""
+
+    sigma_min: float
+    sigma_max: float
+
+    def __init__(self, input_scale: float = 1.0):
+        if not input_scale > 0:
+            raise ConfigError(f"schedule.input_scale={input_scale} must be > 0")
+        self.input_scale = float(input_scale)
+
+    def sample_sigma(self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
+        """Noise levels for one training batch of n images."""
+        raise NotImplementedError
+
+    def c_noise(self, sigma: Tensor) -> Tensor:
+        """The noise-level input of the network, O(1) in size."""
+        raise NotImplementedError
+
+    def sigmas(self, steps: int) -> Tensor:
+        """The schedule's own descending sampling levels, ``steps`` of them followed by a final 0."""
+        raise NotImplementedError
+
+    def karras_sigmas(self, steps: int, rho: float = 7.0) -> Tensor:
+        _check_steps(steps)
+        return get_sigmas_karras(steps, self.sigma_min, self.sigma_max, rho)
+
+
+class LinearSchedule(Schedule):
+    """The discrete DDPM schedule (Ho et al. 2020): beta_t linear from beta_start to beta_end, t = 1..T.
+
+    ``beta``, ``alpha`` and ``alpha_bar`` are indexed by t, with entry 0 standing for t = 0
+    (beta_0 = 0, alpha_bar_0 = 1), so ``alpha_bar[t] = prod_{s<=t} (1 - beta_s)``. The
+    DeepLearning.AI course shifts its betas by one index (beta_t = beta_start + (beta_end -
+    beta_start) * t / T); here beta_1 = beta_start and beta_T = beta_end, as in the paper.
+    The network is told t / T, as in the course.
+    """
+
+    def __init__(self, T: int = 500, beta_start: float = 1e-4, beta_end: float = 0.02, input_scale: float = 1.0):
+        super().__init__(input_scale)
+        if not (isinstance(T, int) and T > 0):
+            raise ConfigError(f"schedule.T={T} must be a positive integer number of diffusion steps, e.g. schedule.T=500")
+        if not (0 < beta_start < beta_end < 1):
+            raise ConfigError(
+                f"schedule betas must satisfy 0 < beta_start < beta_end < 1 (got beta_start={beta_start}, "
+                f"beta_end={beta_end}); the DDPM values are 1e-4 and 0.02"
+            )
+        self.T = T
+        beta = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+        self.beta = torch.cat([beta.new_zeros(1), beta])
+        self.alpha = 1 - self.beta
+        self.alpha_bar = torch.cumprod(self.alpha, dim=0)
+        # Levels for t = 1..T, kept in float64 so the inverse sigma -> t is exact at the table points.
+        self.sigma_table = sigma_from_alpha_bar(self.alpha_bar[1:])
+        self.sigma_min = float(self.sigma_table[0])
+        self.sigma_max = float(self.sigma_table[-1])
+
+    def sigma_at(self, t: Tensor) -> Tensor:
+        return self.sigma_table.to(t.device)[t.long() - 1].float()
+
+    def sample_sigma(self, n, device="cpu", generator=None):
+        t = torch.randint(1, self.T + 1, (n,), generator=generator, device="cpu").to(device)
+        return self.sigma_at(t)
+
+    def timestep(self, sigma: Tensor) -> Tensor:
+        """Fractional t for a noise level, interpolating log(sigma) between table entries."""
+        log_table = self.sigma_table.log().to(sigma.device)
+        log_sigma = sigma.double().clamp(self.sigma_min, self.sigma_max).log()
+        hi = torch.searchsorted(log_table, log_sigma).clamp(1, self.T - 1)
+        lo = hi - 1
+        w = (log_sigma - log_table[lo]) / (log_table[hi] - log_table[lo])
+        return (lo + 1 + w).float()
+
+    def c_noise(self, sigma):
+        return self.timestep(sigma) / self.T
+
+    def sigmas(self, steps):
+        _check_steps(steps)
+        if steps > self.T:
+            raise ConfigError(f"steps={steps} exceeds the schedule's T={self.T} discrete steps; use steps<={self.T}")
+        t = torch.linspace(self.T, 1, steps, dtype=torch.float64).round().long()
+        return torch.cat([self.sigma_table[t - 1], torch.zeros(1, dtype=torch.float64)]).float()
+
+
+class ContinuousVPSchedule(Schedule):
+    """A variance-preserving schedule in continuous time t in [0, 1], defined by alpha_bar(t).
+
+    t is drawn uniformly for training; t is capped where sigma reaches ``sigma_max`` (alpha_bar
+    reaches 0 at t = 1, an infinite sigma) and floored where it reaches ``sigma_min``.
+    """
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, input_scale: float = 1.0):
+        super().__init__(input_scale)
+        if not (0 < sigma_min < sigma_max):
+            raise ConfigError(f"schedule needs 0 < sigma_min < sigma_max (got {sigma_min}, {sigma_max})")
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.t_min = float(self.t_from_sigma(torch.tensor(self.sigma_min, dtype=torch.float64)))
+        self.t_max = float(self.t_from_sigma(torch.tensor(self.sigma_max, dtype=torch.float64)))
+
+    def alpha_bar(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def t_from_alpha_bar(self, alpha_bar: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def sigma_at(self, t: Tensor) -> Tensor:
+        return sigma_from_alpha_bar(self.alpha_bar(t))
+
+    def t_from_sigma(self, sigma: Tensor) -> Tensor:
+        return self.t_from_alpha_bar(alpha_bar_from_sigma(sigma))
+
+    def sample_sigma(self, n, device="cpu", generator=None):
+        u = torch.rand(n, generator=generator, device="cpu", dtype=torch.float64)
+        return self.sigma_at(self.t_min + u * (self.t_max - self.t_min)).float().to(device)
+
+    def c_noise(self, sigma):
+        return self.t_from_sigma(sigma.double().clamp(self.sigma_min, self.sigma_max)).float()
+
+    def sigmas(self, steps):
+        _check_steps(steps)
+        t = torch.linspace(self.t_max, self.t_min, steps, dtype=torch.float64)
+        return torch.cat([self.sigma_at(t), torch.zeros(1, dtype=torch.float64)]).float()
+
+
+class CosineSchedule(ContinuousVPSchedule):
+    """alpha_bar(t) = f(t) / f(0), f(t) = cos^2((t + s) / (1 + s) * pi / 2) (Nichol & Dhariwal 2021, eq. 17).
+
+    s = 0 gives the fast.ai lesson's plain cos^2(t * pi / 2).
+    """
+
+    def __init__(self, s: float = 0.008, sigma_min: float = 0.002, sigma_max: float = 80.0, input_scale: float = 1.0):
+        if not 0 <= s < 1:
+            raise ConfigError(f"schedule.s={s} must be in [0, 1)")
+        self.s = float(s)
+        self._f0 = math.cos(self.s / (1 + self.s) * math.pi / 2) ** 2
+        super().__init__(sigma_min, sigma_max, input_scale)
+
+    def alpha_bar(self, t):
+        return torch.cos((t + self.s) / (1 + self.s) * math.pi / 2) ** 2 / self._f0
+
+    def t_from_alpha_bar(self, alpha_bar):
+        angle = torch.acos((alpha_bar * self._f0).clamp(0, 1).sqrt())
+        return angle * 2 / math.pi * (1 + self.s) - self.s
+
+
+class SigmoidSchedule(ContinuousVPSchedule):
+    """alpha_bar(t) from a sigmoid between ``start`` and ``end`` with temperature ``tau`` (Chen 2023, Algorithm 1)."""
+
+    def __init__(
+        self,
+        start: float = -3.0,
+        end: float = 3.0,
+        tau: float = 1.0,
+        sigma_min: float = 0.002,
+        sigma_max: float = 80.0,
+        input_scale: float = 1.0,
+    ):
+        if not (start < end and tau > 0):
+            raise ConfigError(f"sigmoid schedule needs start < end and tau > 0 (got {start}, {end}, {tau})")
+        self.start, self.end, self.tau = float(start), float(end), float(tau)
+        self._v_start = 1 / (1 + math.exp(-self.start / self.tau))
+        self._v_end = 1 / (1 + math.exp(-self.end / self.tau))
+        super().__init__(sigma_min, sigma_max, input_scale)
+
+    def alpha_bar(self, t):
+        v = torch.sigmoid((t * (self.end - self.start) + self.start) / self.tau)
+        return (self._v_end - v) / (self._v_end - self._v_start)
+
+    def t_from_alpha_bar(self, alpha_bar):
+        v = self._v_end - alpha_bar * (self._v_end - self._v_start)
+        return (self.tau * torch.logit(v) - self.start) / (self.end - self.start)
+
+
+class EDMSchedule(Schedule):
+    """Karras et al. 2022: training levels ln(sigma) ~ N(P_mean, P_std^2) (sec. 5), c_noise = ln(sigma) / 4
+    (Table 1), and the rho = 7 spacing (eq. 5) as its own sampling levels."""
+
+    def __init__(
+        self,
+        P_mean: float = -1.2,
+        P_std: float = 1.2,
+        sigma_min: float = 0.002,
+        sigma_max: float = 80.0,
+        rho: float = 7.0,
+        input_scale: float = 1.0,
+    ):
+        super().__init__(input_scale)
+        if not (0 < sigma_min < sigma_max) or P_std <= 0 or rho <= 0:
+            raise ConfigError("edm schedule needs 0 < sigma_min < sigma_max, P_std > 0 and rho > 0")
+        self.P_mean, self.P_std, self.rho = float(P_mean), float(P_std), float(rho)
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+
+    def sample_sigma(self, n, device="cpu", generator=None):
+        z = torch.randn(n, generator=generator, device="cpu")
+        return (self.P_mean + self.P_std * z).exp().to(device)
+
+    def c_noise(self, sigma):
+        return sigma.float().log() / 4
+
+    def sigmas(self, steps):
+        return self.karras_sigmas(steps, self.rho)

@@ -1,0 +1,235 @@
+"""FID and KID during training, against the data module's validation split."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from diffusion.core.errors import ConfigError
+from diffusion.evaluation.metrics import ImageQuality, build_feature_net, check_feature_choice, describe, shard
+from diffusion.training.module import DiffusionModule
+from diffusion.core.sampling import Sampler
+
+
+class FIDCallback(L.Callback):
+    """Every ``every_n_epochs`` validation epochs (and at the last epoch), draw ``num_samples`` images
+    with a fast ``sampler``, labels cycling over the classes, and log ``val/fid``, ``val/kid_mean``,
+    ``val/kid_std`` and ``val/fid_seconds`` (the time the whole measurement took). Each measurement
+    is also appended to ``<dirpath>/fid.json`` with the feature network's version, without which an
+    FID figure cannot be compared with another.
+
+    Runs during validation, after Lightning's weight-averaging callback has swapped in the EMA
+    weights (``train.py`` sorts that callback last). The noise is seeded identically every time, so
+    the figure moves only when the model does.
+
+    Multi-process runs: each process draws ``num_samples // world_size`` images (noise seeded by
+    ``seed + rank``, labels continuing the global class cycle) and takes its contiguous share of the
+    reference images; every process computes, torchmetrics gathering the states, so every process
+    logs the figure one process would get on the same images. The reference statistics are computed
+    the first time and kept.
+
+    Data the callback cannot measure (no validation split; no class labels to train the sprite
+    network on and no ``feature_weights``) turn it off with a warning: training goes on without FID.
+
+    Args:
+        dirpath: folder of ``fid.json`` (the run directory).
+        sampler: the sampler for the FID samples (default DPM-Solver++(2M), 20 Karras steps).
+        num_samples: generated images per measurement (all processes together).
+        every_n_epochs: measure every n validation epochs; 0 turns the callback off.
+        seed: noise seed of the generated images.
+        batch_size: images sampled per call of the model.
+        guidance: classifier-free guidance weight of the samples.
+        features, feature_weights, inception_weights, cache_dir, train_settings: the feature network
+            (``metrics.*``; see ``diffusion.evaluation.metrics.build_feature_net``).
+        kid_subsets, kid_subset_size: KID's subsets (the size is capped by the image counts).
+    """
+
+    def __init__(
+        self,
+        dirpath: str,
+        sampler: Sampler | None = None,
+        num_samples: int = 1000,
+        every_n_epochs: int = 1,
+        seed: int = 0,
+        batch_size: int = 500,
+        guidance: float = 0.0,
+        features: str = "sprite",
+        feature_weights: str | None = None,
+        inception_weights: str | None = None,
+        cache_dir: str | None = None,
+        train_settings: dict[str, Any] | None = None,
+        kid_subsets: int = 100,
+        kid_subset_size: int = 1000,
+    ):
+        check_feature_choice(features)
+        if not (isinstance(num_samples, int) and num_samples >= 2):
+            raise ConfigError(f"callbacks.fid.num_samples={num_samples} must be an integer >= 2")
+        if not (isinstance(batch_size, int) and batch_size >= 1):
+            raise ConfigError(f"callbacks.fid.batch_size={batch_size} must be a positive integer")
+        self.dirpath = Path(dirpath)
+        self.sampler = sampler or Sampler("dpmpp_2m", steps=20, spacing="karras")
+        self.num_samples, self.every_n_epochs, self.seed = num_samples, every_n_epochs, seed
+        self.batch_size, self.guidance = batch_size, guidance
+        self.features, self.feature_weights, self.inception_weights = features, feature_weights, inception_weights
+        self.cache_dir, self.train_settings = cache_dir, dict(train_settings or {}) or None
+        self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
+        self.quality: ImageQuality | None = None
+        self.version: str | None = None
+        self.history: list[dict[str, Any]] = []
+
+    @property
+    def history_path(self) -> Path:
+        return self.dirpath / "fid.json"
+
+    # -- set-up: the feature network, identical on every process ----------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: DiffusionModule, stage: str) -> None:
+        if self.quality is not None or self.every_n_epochs <= 0:
+            return
+        datamodule = trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "real_images"):
+            raise ConfigError("the fid callback needs the run's data module (a SpriteDataModule) for its reference images")
+        if self.num_samples // trainer.world_size < 1:
+            raise ConfigError(f"callbacks.fid.num_samples={self.num_samples} leaves no samples for each of {trainer.world_size} processes")
+        reason = self.unavailable(datamodule, trainer.world_size)
+        if reason is not None:  # the same decision on every process: the data are the same
+            rank_zero_warn(f"FID is off for this run: {reason}")
+            self.every_n_epochs = 0
+            return
+        net = self._feature_net(trainer, datamodule)
+        self.quality = ImageQuality(net, self.kid_subsets, self.kid_subset_size, seed=self.seed)
+        self.version = self.quality.version
+        if trainer.is_global_zero:
+            # the version beside the figures: hparams.yaml, TensorBoard's hparams, the W&B config
+            hparams = {"fid_features": self.version, "fid_num_samples": self.num_samples, "fid_sampler": repr(self.sampler)}
+            for logger in trainer.loggers:
+                logger.log_hyperparams(hparams)
+
+    def unavailable(self, datamodule, world_size: int) -> str | None:
+        """Why FID cannot be measured on this data (training goes on without it), or None."""
+        n_val = len(datamodule.real_images("val"))
+        if n_val < 2 * world_size:
+            return f"the validation split, its reference, holds {n_val} images; raise data.val_fraction to measure it"
+        if self.features == "sprite" and not self.feature_weights and not getattr(datamodule, "num_classes", 0):
+            return (
+                "the data have no class labels to train the sprite feature network on; train one on a labelled set "
+                "(python -m diffusion.tools.features data=procedural) and pass metrics.feature_weights=PATH"
+            )
+        return None
+
+    def _feature_net(self, trainer: L.Trainer, datamodule) -> torch.nn.Module:
+        """The sprite network is built (trained if not cached) on rank 0 and broadcast, so every
+        process holds the same weights and a failure ends every process, not only rank 0."""
+        if self.features == "inception" or trainer.world_size == 1:
+            return self._build(datamodule)
+        payload: dict[str, Any] | None = None
+        if trainer.is_global_zero:
+            try:
+                net = self._build(datamodule)
+                payload = {
+                    "state": {k: v.cpu() for k, v in net.state_dict().items()},
+                    "version": net.version,
+                    "info": net.info,
+                    "num_classes": net.num_classes,
+                    "num_features": net.num_features,
+                }
+            except ConfigError as err:
+                payload = {"error": str(err)}
+        payload = trainer.strategy.broadcast(payload, src=0)
+        if "error" in payload:
+            raise ConfigError(payload["error"])
+        from diffusion.evaluation.features import SpriteFeatureNet
+
+        net = SpriteFeatureNet(payload["num_classes"], payload["num_features"])
+        net.load_state_dict(payload["state"])
+        net.version, net.info = payload["version"], payload["info"]
+        return net.eval().requires_grad_(False)
+
+    def _build(self, datamodule) -> torch.nn.Module:
+        net = build_feature_net(
+            self.features,
+            datamodule,
+            feature_weights=self.feature_weights,
+            inception_weights=self.inception_weights,
+            cache_dir=self.cache_dir,
+            train_settings=self.train_settings,
+            verbose=True,
+        )
+        accuracy = net.info.get("accuracy")
+        note = f", held-out accuracy {accuracy:.4f}" if isinstance(accuracy, float) else ""
+        rank_zero_info(f"FID features: {net.version}{note}")
+        return net
+
+    # -- measuring ---------------------------------------------------------------------------------
+    def due(self, trainer: L.Trainer) -> bool:
+        if trainer.sanity_checking or self.every_n_epochs <= 0:
+            return False
+        epoch = trainer.current_epoch
+        last_epoch = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch + 1 >= trainer.max_epochs
+        last_step = trainer.max_steps is not None and trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
+        return (epoch + 1) % self.every_n_epochs == 0 or last_epoch or last_step
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: DiffusionModule) -> None:
+        if not self.due(trainer):
+            return
+        if self.quality is None:
+            self.setup(trainer, pl_module, "validate")
+        result = self.measure(trainer, pl_module)
+        for key in ("fid", "kid_mean", "kid_std", "seconds"):
+            name = "val/fid_seconds" if key == "seconds" else f"val/{key}"
+            pl_module.log(name, float(result[key]), sync_dist=trainer.world_size > 1)
+        if trainer.is_global_zero:
+            self._record(trainer, result)
+
+    @torch.no_grad()
+    def measure(self, trainer: L.Trainer, pl_module: DiffusionModule) -> dict[str, Any]:
+        """Sample this process's share, update, compute over all processes; the reference first time."""
+        start = time.perf_counter()
+        assert self.quality is not None
+        self.quality.to(pl_module.device)
+        rank, world = trainer.global_rank, trainer.world_size
+        if not self.quality.has_real:  # the first time only: the reference statistics are kept
+            real = trainer.datamodule.real_images("val")
+            self.quality.update_real(real[shard(len(real), rank, world)], batch_size=self.batch_size)
+        per_rank = self.num_samples // world
+        generator = torch.Generator().manual_seed(self.seed + rank)
+        first = rank * per_rank
+        for offset in range(0, per_rank, self.batch_size):
+            count = min(self.batch_size, per_rank - offset)
+            index = torch.arange(first + offset, first + offset + count)
+            labels = index % pl_module.num_classes if pl_module.num_classes else None
+            x = pl_module.sample(count, labels=labels, sampler=self.sampler, guidance=self.guidance, generator=generator)
+            self.quality.update_fake(x)
+        result = self.quality.compute()
+        self.quality.reset_fake()
+        result["seconds"] = time.perf_counter() - start
+        return result
+
+    def _record(self, trainer: L.Trainer, result: dict[str, Any]) -> None:
+        entry = {
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            **{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in result.items()},
+            "sampler": repr(self.sampler),
+            "features": self.version,
+        }
+        entry["seconds"] = round(entry["seconds"], 2)
+        self.history.append(entry)
+        rank_zero_info(f"epoch {trainer.current_epoch}: {describe(result, self.version)}, {entry['seconds']} s")
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        payload = {"features": self.version, "num_samples": self.num_samples, "history": self.history}
+        tmp = self.history_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+        tmp.replace(self.history_path)
+
+    def state_dict(self) -> dict[str, Any]:  # in checkpoints: a resumed run continues its fid.json history
+        return {"history": self.history, "features": self.version}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))

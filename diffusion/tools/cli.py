@@ -1,0 +1,92 @@
+"""Entry-point plumbing: bad input ends as one line on stderr and exit status 2, not a traceback."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+
+from omegaconf import OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from diffusion.core.errors import ConfigError
+
+
+def wandb_mode() -> str:
+    """W&B logs live only when asked (WANDB_MODE) or when an API key is set; otherwise offline, never prompting."""
+    return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+
+
+OmegaConf.register_new_resolver("wandb_mode", wandb_mode, replace=True)
+
+
+def _user_error(err: BaseException) -> str | None:
+    """The one-line message of a user error, looking through the wrappers Hydra puts around it."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, ConfigError):
+            return str(seen)
+        if isinstance(seen, MissingMandatoryValue):
+            return f"missing required setting {getattr(seen, 'full_key', '') or seen}; pass it on the command line as KEY=VALUE"
+        if isinstance(seen, OmegaConfBaseException):
+            return str(seen).splitlines()[0]
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def reports_user_errors(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - re-raised unless it is the user's input
+            message = _user_error(err)
+            if message is None:
+                raise
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _composition_error(err: BaseException) -> str:
+    """One line for a Hydra config-composition error: an unknown option, key or malformed override."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    if isinstance(err, OverrideParseException):
+        return f"cannot parse the override {err.override!r}: {str(err).splitlines()[0]}; write KEY=VALUE or GROUP=OPTION"
+    options = getattr(err, "options", None)
+    missing = getattr(err, "missing_cfg_file", None)
+    if isinstance(err, MissingConfigException) and options and missing and "/" in missing:
+        group, name = missing.rsplit("/", 1)
+        return f"unknown option {group}={name}; choose one of {', '.join(options)}"
+    lines = []
+    for line in str(err).splitlines():
+        if line.strip().startswith(("Config search path", "See https://hydra.cc")):
+            break
+        if line.strip():
+            lines.append(line.strip())
+    return " ".join(lines) or type(err).__name__
+
+
+def run_hydra_main(main: Callable[[], object]) -> object:
+    """Call a ``@hydra.main`` entry point so that a config-composition error (``sampler=nope``, an unknown
+    key, a malformed override), which Hydra reports before the task function runs, also ends as one
+    ``error:`` line and exit status 2 instead of Hydra's multi-line report and status 1."""
+    from hydra.errors import ConfigCompositionException, OverrideParseException
+
+    user_setting = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing and exiting: we report it below
+    try:
+        return main()
+    except (ConfigCompositionException, OverrideParseException) as err:
+        if user_setting == "1":
+            raise
+        print(f"error: {_composition_error(err)}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if user_setting is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = user_setting

@@ -1,0 +1,44 @@
+"""`python -m diffusion.tools.features data=...`: train (or find cached) sprite feature weights and say where they are."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from diffusion.evaluation.features import load_or_train
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def main() -> None:
+    import hydra
+    from omegaconf import DictConfig
+
+    from diffusion.tools.cli import reports_user_errors
+
+    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="features")
+    @reports_user_errors
+    def run(cfg: DictConfig) -> None:
+        from hydra.utils import instantiate
+        from omegaconf import OmegaConf
+
+        datamodule = instantiate(cfg.data)
+        datamodule.prepare_data()
+        start = time.perf_counter()
+        settings = OmegaConf.to_container(cfg.metrics.train, resolve=True)
+        model = load_or_train(datamodule, cfg.metrics.cache_dir, settings=settings, force=cfg.force, out=cfg.out, verbose=True)
+        info = model.info
+        seconds = time.perf_counter() - start
+        print(f"weights:  {info['path']}")
+        print(f"version:  {model.version}")
+        print(
+            f"accuracy: {info['accuracy']:.4f} on {info['n_holdout']} held-out images "
+            f"(trained on {info['n_train']} in {info['seconds']:.1f} s; {seconds:.1f} s in all this time)"
+        )
+        print(f"use it with: metrics.feature_weights={info['path']}")
+
+    run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The body of sample.py: load a checkpoint, draw samples in batches, write the course's .npz layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from rich.progress import Progress
+
+from diffusion.data import images
+from diffusion.training.builders import build_sampler, module_from_checkpoint
+from diffusion.training.callbacks import class_cycle
+from diffusion.training.checkpoints import load_checkpoint
+from diffusion.core.errors import ConfigError
+from diffusion.training.module import DiffusionModule
+from diffusion.training.precision import sampling_in_bf16
+
+
+def parse_labels(label, n: int, module: DiffusionModule) -> torch.Tensor | None:
+    """``label``: None cycles through the classes, "uncond" is the null class, else a class name or index."""
+    classes = module.class_names
+    if module.num_classes == 0:
+        if label not in (None, "uncond"):
+            raise ConfigError("this model was trained without class labels; drop label=")
+        return None
+    if label is None:
+        return class_cycle(n, module.num_classes)
+    if str(label) == "uncond":
+        return torch.full((n,), module.num_classes, dtype=torch.long)
+    if str(label) in classes:
+        index = classes.index(str(label))
+    elif str(label).lstrip("-").isdigit() and 0 <= int(label) < module.num_classes:
+        index = int(label)
+    else:
+        raise ConfigError(f"label={label} is not a class of this model; choose one of {', '.join(classes)} or 0..{module.num_classes - 1}")
+    return torch.full((n,), index, dtype=torch.long)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device=cuda asked for, but no CUDA GPU is available; use device=cpu")
+    return torch.device(name)
+
+
+def sample_to_folder(cfg: DictConfig) -> Path:
+    if cfg.n < 1:
+        raise ConfigError(f"n={cfg.n} must be at least 1")
+    if cfg.guidance < 0:
+        raise ConfigError(f"guidance={cfg.guidance} must be >= 0 (0 = plain conditional sampling)")
+    out = Path(cfg.out)
+    if (out / "samples.npz").exists() and not cfg.overwrite:
+        raise ConfigError(f"{out / 'samples.npz'} exists already; choose another out= or pass overwrite=true")
+
+    device = pick_device(cfg.device)
+    bf16 = sampling_in_bf16(cfg.get("precision", "32"), device)
+    checkpoint = load_checkpoint(cfg.ckpt)
+    module = module_from_checkpoint(checkpoint, trust=list(cfg.get("trust") or [])).to(device)
+    sampler = build_sampler(cfg.sampler, cfg.steps) if cfg.get("sampler") else build_sampler(module.config["sampler"], cfg.steps)
+    sigmas = sampler.sigmas(module.schedule)  # also validates steps against the schedule before any work
+    labels = parse_labels(cfg.label, cfg.n, module)
+    generator = torch.Generator().manual_seed(cfg.seed)
+
+    frames: list[np.ndarray] = []
+    batches = []
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"sampling {cfg.n} images, {sampler}", total=cfg.n * sampler.steps)
+        for start in range(0, cfg.n, cfg.batch_size):
+            count = min(cfg.batch_size, cfg.n - start)
+            record = cfg.trajectory and start == 0
+
+            def callback(i, x, denoised, record=record):
+                progress.advance(task, count)
+                if record and (i % max(sampler.steps // 50, 1) == 0 or i == sampler.steps - 1):
+                    # Shown in variance-preserving scale, x / sqrt(1 + sigma^2), as the course's animation.
+                    view = x / module.schedule.input_scale / (1 + float(sigmas[i + 1]) ** 2) ** 0.5
+                    frames.append(images.grid(images.to_uint8(view[:64]), ncols=8))
+
+            batch_labels = labels[start : start + count] if labels is not None else None
+            batches.append(module.sample(count, labels=batch_labels, sampler=sampler, guidance=cfg.guidance, generator=generator, callback=callback, bf16=bf16))
+
+    pictures = images.to_uint8(torch.cat(batches))
+    label_array = labels.numpy() if labels is not None else np.full(cfg.n, -1, dtype=np.int64)
+    written = [images.save_npz(pictures, label_array, out / "samples.npz"), images.save_png(images.grid(pictures[:256], ncols=8), out / "grid.png")]
+    if frames:
+        written.append(images.save_gif(frames, out / "trajectory.gif"))
+    print(f"wrote {cfg.n} samples ({sampler}, guidance={cfg.guidance}, {'bf16' if bf16 else 'fp32'}) to: " + ", ".join(str(p) for p in written))
+    return out

@@ -1,0 +1,164 @@
+"""FID against NFE for every sampler on one trained model.
+
+    python -m diffusion.tools.sampler_fid CKPT [--samplers ddpm heun ...] [--nfe 5 10 20 50] [--n 1000]
+                                         [--full-ddpm] [--collapse] [--floor] [--json out.json]
+
+Every sampler starts from the same noise (one seed) and the same class labels, so the figures
+differ only by the sampler. The reference set, the feature network and its version are those the
+model was trained with (the checkpoint's own config), as in the FID logged during training.
+``--floor`` adds the figure of n real training images against the same reference: the best a
+model can score with n samples. ``--collapse`` adds DDPM over all T steps without the added noise
+(``add_noise=false``, z = 0): the course's collapse to blurred "blobs" near the data mean, measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import time
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from diffusion.training.builders import module_from_checkpoint, sampler_from_conf, sampler_names
+from diffusion.training.callbacks import class_cycle
+from diffusion.training.checkpoints import load_checkpoint
+from diffusion.tools.cli import reports_user_errors
+from diffusion.core.errors import ConfigError
+from diffusion.evaluation.metrics import ImageQuality, build_feature_net
+from diffusion.training.precision import sampling_in_bf16
+from diffusion.core.samplers.common import steps_for_nfe
+from diffusion.core.sampling import Sampler
+
+def sampler_for(name: str, steps: int, options: dict | None = None, spacing: str = "auto") -> Sampler:
+    """``sampler=NAME``'s configuration with ``steps`` and ``options``; ``spacing="auto"`` keeps the config's own
+    (DDPM and DDIM walk the schedule's levels, the Karras family the rho = 7 levels)."""
+    sampler = sampler_from_conf(name, steps, **(options or {}))
+    if spacing != "auto":
+        sampler = Sampler(sampler.fn, sampler.steps, spacing, sampler.rho, sampler.options, sampler.name)
+    return sampler
+
+
+def parse_options(items: list[str]) -> dict[str, float]:
+    """``KEY=VALUE`` pairs of sampler keyword options, e.g. ``s_churn=40``."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            options[key] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key:
+            raise ConfigError(f"--options takes KEY=NUMBER pairs such as s_churn=40, got {item!r}")
+    return options
+
+
+def options_for(name: str, options: dict[str, float]) -> dict[str, float]:
+    """The options that sampler ``name`` takes (``s_churn`` goes to Euler and Heun only)."""
+    accepted = inspect.signature(sampler_from_conf(name).function).parameters
+    return {key: value for key, value in options.items() if key in accepted}
+
+
+def row_label(name: str, options: dict) -> str:
+    if options.get("add_noise") is False:
+        return f"{name} (z=0)"
+    return name + "".join(f" {key}={value:g}" for key, value in options.items())
+
+
+def sample_images(module, sampler: Sampler, n: int, seed: int, batch_size: int, bf16: bool = False) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    labels = class_cycle(n, module.num_classes)
+    chunks = []
+    for start in range(0, n, batch_size):
+        chunk_labels = labels[start : start + batch_size] if labels is not None else None
+        count = min(batch_size, n - start)
+        chunks.append(module.sample(count, labels=chunk_labels, sampler=sampler, generator=generator, bf16=bf16).cpu())
+    return torch.cat(chunks)
+
+
+@reports_user_errors
+def run(args: argparse.Namespace) -> list[dict]:
+    options = parse_options(args.options)
+    bf16 = sampling_in_bf16(args.precision, torch.device("cpu"))
+    checkpoint = load_checkpoint(args.ckpt)
+    module = module_from_checkpoint(checkpoint).eval()
+    config = OmegaConf.create(checkpoint["diffusion"]["config"])
+    datamodule = instantiate(config.data)
+    datamodule.prepare_data()
+    metrics = config.metrics
+    feature = build_feature_net(
+        metrics.features, datamodule, metrics.feature_weights, metrics.inception_weights, metrics.cache_dir,
+        OmegaConf.to_container(metrics.train, resolve=True),
+    )
+    quality = ImageQuality(feature, kid_subsets=args.kid_subsets)
+    quality.update_real(datamodule.real_images("val"))
+
+    full_steps = getattr(module.schedule, "T", 500)
+    plan = [(name, steps_for_nfe(sampler_from_conf(name).function, nfe), options_for(name, options), args.spacing) for nfe in args.nfe for name in args.samplers]
+    if args.full_ddpm:
+        plan.append(("ddpm", full_steps, {}, "schedule"))
+    if args.collapse:
+        plan.append(("ddpm", full_steps, {"add_noise": False}, "schedule"))
+    rows = []
+    if args.floor:
+        train = datamodule.real_images("train")
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[: args.n]
+        quality.update_fake(train[pick])
+        result = quality.compute()
+        quality.reset_fake()
+        rows.append({"sampler": "training images (floor)", "steps": 0, "nfe": 0, "fid": result["fid"], "kid": result["kid_mean"],
+                     "sampling_seconds": 0.0, "n": args.n, "features": quality.version})
+        print(f"floor: {args.n} training images: FID {result['fid']:.3f}, KID {result['kid_mean']:.5f} ({quality.version})")
+    width = max([len("sampler"), *(len(row_label(name, options)) for name, _, options, _ in plan)])
+    print(f"{'sampler':{width}} {'steps':>5} {'NFE':>5} {'FID':>9} {'KID':>9} {'seconds':>8}   ({quality.version}, {args.n} samples)")
+    for name, steps, options, spacing in plan:
+        sampler = sampler_for(name, steps, options, spacing)
+        label = row_label(name, options)
+        start = time.perf_counter()
+        images = sample_images(module, sampler, args.n, args.seed, args.batch_size, bf16)
+        seconds = time.perf_counter() - start
+        quality.update_fake(images)
+        result = quality.compute()
+        quality.reset_fake()
+        row = {"sampler": label, "steps": steps, "nfe": sampler.nfe, "spacing": sampler.spacing, "fid": result["fid"], "kid": result["kid_mean"],
+               "sampling_seconds": round(seconds, 2), "n": args.n, "features": quality.version,
+               "precision": "bf16" if bf16 else "32"}
+        rows.append(row)
+        print(f"{label:{width}} {steps:5d} {sampler.nfe:5d} {row['fid']:9.3f} {row['kid']:9.5f} {seconds:8.1f}", flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"ckpt": str(args.ckpt), "rows": rows}, indent=2) + "\n")
+    return rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("ckpt", help="a checkpoint or .safetensors export from train.py")
+    parser.add_argument("--samplers", nargs="*", default=sampler_names(), choices=sampler_names())
+    parser.add_argument("--nfe", nargs="*", type=int, default=[5, 10, 20, 50], help="model evaluations per sample")
+    parser.add_argument("--full-ddpm", action="store_true", help="also DDPM over all of the schedule's T steps")
+    parser.add_argument("--collapse", action="store_true", help="also DDPM over all T steps with add_noise=false")
+    parser.add_argument("--floor", action="store_true", help="also FID of n training images (the floor)")
+    parser.add_argument("--options", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="sampler options, given to the samplers that take them, e.g. s_churn=40 s_tmax=50")
+    parser.add_argument("--spacing", default="auto", choices=["auto", "karras", "schedule"],
+                        help="noise levels of the fast samplers; auto: DDPM/DDIM the schedule's, the others Karras rho=7")
+    parser.add_argument("--precision", default="32", choices=["32", "bf16", "auto"],
+                        help="the network in float32 (the tables in BENCHMARKS.md) or under bf16 autocast")
+    parser.add_argument("--n", type=int, default=1000, help="samples per figure")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--kid-subsets", type=int, default=100)
+    parser.add_argument("--json", help="also write the rows here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

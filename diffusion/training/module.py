@@ -1,0 +1,179 @@
+"""The LightningModule: wires a U-Net, a schedule, an objective and a sampler; the math lives elsewhere."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from diffusion.core.denoiser import Denoiser
+from diffusion.core.errors import ConfigError, TrainingDiverged
+from diffusion.core.objectives import Objective
+from diffusion.core.sampling import Sampler, generate
+from diffusion.core.schedules import Schedule
+
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+class DiffusionModule(L.LightningModule):
+    """Training (Ho et al. 2020, Algorithm 1, in the preconditioned form of ``objectives``) and sampling.
+
+    Args:
+        net: the raw network F(x, c_noise, label).
+        schedule, objective: see ``schedules`` and ``objectives``.
+        optimizer: a partial taking the parameters (``_partial_: true`` in the config).
+        sampler: the default sampler for ``sample``.
+        lr_warmup_steps: linear learning-rate warm-up from 0.
+        lr_schedule: after warm-up, "constant", "linear" decay to 0 (the course) or "cosine".
+        label_dropout: probability of replacing a label with the null class, which trains the
+            unconditional model that classifier-free guidance needs.
+        max_nonfinite_steps: consecutive steps with a NaN/inf loss that are skipped (no update) before
+            training stops with an error; the weights, and so every checkpoint, stay finite.
+        class_names: names of the context classes, kept in the checkpoint for ``sample.py label=NAME``.
+        config: the resolved run config, stored in checkpoints so they can be rebuilt without it.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        schedule: Schedule,
+        objective: Objective,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        sampler: Sampler,
+        lr_warmup_steps: int = 0,
+        lr_schedule: str = "constant",
+        label_dropout: float = 0.1,
+        max_nonfinite_steps: int = 10,
+        class_names: list[str] | None = None,
+        config: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        if lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"unknown lr_schedule {lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        if not 0 <= label_dropout <= 1:
+            raise ConfigError(f"label_dropout={label_dropout} must be in [0, 1]")
+        self.denoiser = Denoiser(net, objective, schedule)
+        self.optimizer_factory = optimizer
+        self.sampler = sampler
+        self.lr_warmup_steps, self.lr_schedule, self.label_dropout = lr_warmup_steps, lr_schedule, label_dropout
+        self.max_nonfinite_steps, self.nonfinite_steps = max_nonfinite_steps, 0
+        self.validated_at_step = -1
+        self.class_names = list(class_names or [])
+        self.config = config or {}
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.denoiser.schedule
+
+    @property
+    def num_classes(self) -> int:
+        return getattr(self.denoiser.net, "num_classes", 0)
+
+    @property
+    def image_size(self) -> int:
+        return self.denoiser.net.image_size
+
+    def _labels(self, labels: Tensor, drop: bool) -> Tensor | None:
+        if self.num_classes == 0:
+            return None
+        labels = labels.clamp(min=0)
+        if drop and self.label_dropout > 0:
+            null = torch.rand(labels.shape, device=labels.device) < self.label_dropout
+            labels = torch.where(null, torch.full_like(labels, self.num_classes), labels)
+        return labels
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x0, labels = batch
+        x0 = x0 * self.schedule.input_scale
+        sigma = self.schedule.sample_sigma(x0.shape[0], device=x0.device)
+        loss = self.denoiser.loss(x0, sigma, torch.randn_like(x0), self._labels(labels, drop=True)).mean()
+        # Every rank must take the same decision, or DDP waits forever for the skipping rank's gradients.
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
+        if not finite:
+            self.nonfinite_steps += 1
+            if self.nonfinite_steps > self.max_nonfinite_steps:
+                raise TrainingDiverged(
+                    f"the loss was NaN or infinite for {self.nonfinite_steps} steps in a row at step {self.global_step}; "
+                    "lower optimizer.lr, keep gradient clipping on, or train with trainer.precision=32-true"
+                )
+            return None  # Lightning skips backward and the optimizer step
+        self.nonfinite_steps = 0
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x0, labels = batch
+        x0 = x0 * self.schedule.input_scale
+        # Fixed noise levels and noise per batch: the validation loss moves only when the model does.
+        generator = torch.Generator().manual_seed(batch_idx)
+        sigma = self.schedule.sample_sigma(x0.shape[0], generator=generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        loss = self.denoiser.loss(x0, sigma, noise, self._labels(labels, drop=False)).mean()
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x0.shape[0])
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.validated_at_step = self.global_step
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup, schedule = self.lr_warmup_steps, self.lr_schedule
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            if schedule == "linear":
+                return 1 - progress
+            if schedule == "cosine":
+                return 0.5 * (1 + math.cos(math.pi * progress))
+            return 1.0
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def checkpoint_info(self) -> dict[str, Any]:
+        """What ``builders.module_from_checkpoint`` needs besides the weights."""
+        return {"config": self.config, "class_names": self.class_names, "image_size": self.image_size}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["diffusion"] = self.checkpoint_info()
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        labels: Tensor | None = None,
+        sampler: Sampler | None = None,
+        guidance: float = 0.0,
+        generator: torch.Generator | None = None,
+        callback=None,
+        bf16: bool = False,
+    ) -> Tensor:
+        """n images in [-1, 1]; labels index the context classes (None: unconditional / null class);
+        ``bf16``: the network under bf16 autocast."""
+        if labels is not None and self.num_classes == 0:
+            raise ConfigError("this model was trained without class labels; drop label=")
+        was_training = self.training
+        self.eval()
+        try:
+            return generate(
+                self.denoiser,
+                sampler or self.sampler,
+                n,
+                image_size=self.image_size,
+                labels=labels,
+                guidance=guidance,
+                null_label=self.num_classes if self.num_classes else None,
+                generator=generator,
+                device=self.device,
+                callback=callback,
+                bf16=bf16,
+            )
+        finally:
+            self.train(was_training)

@@ -1,0 +1,31 @@
+"""Where bf16 autocast pays: training (``trainer.precision=auto``) and sampling (``precision=auto``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from diffusion.core.errors import ConfigError
+
+SAMPLING_PRECISIONS = ("auto", "32", "bf16")
+
+
+def fast_bf16_available(device_type: str = "auto") -> bool:
+    """Whether bf16 autocast is a speed-up on the device: CUDA with bf16, or a CPU with AVX512-BF16 or AMX."""
+    if device_type in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def sampling_in_bf16(precision: str, device: torch.device) -> bool:
+    """``precision`` of sample.py and the tools: "32", "bf16" (the network under bf16 autocast; the sampler's
+    own arithmetic stays in float32), or "auto" (bf16 where the device has fast bf16)."""
+    precision = str(precision)
+    if precision not in SAMPLING_PRECISIONS:
+        raise ConfigError(f"precision={precision} is not one of {', '.join(SAMPLING_PRECISIONS)}")
+    return precision == "bf16" or (precision == "auto" and fast_bf16_available(device.type))
