@@ -1,0 +1,146 @@
+"""Extending the framework by config alone, and checkpoints surviving the package's reorganisation.
+
+- A network defined outside ``diffusion/`` trains and samples when named in config; loading its checkpoint
+  needs the user's explicit ``trust=[pkg]``, as a stranger's checkpoint must not name arbitrary code.
+- A checkpoint written before the split into layers (``diffusion.unet.UNet``, samplers by ``name``, no
+  ``module`` node) still loads, through ``training.builders.MOVED`` and ``upgrade_config``.
+- A sampler needs one function and one config file: no table to edit.
+"""
+
+from __future__ import annotations
+
+import copy
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_MODEL, compose_config, describe, raises_config_error, run_script
+from omegaconf import OmegaConf
+
+from diffusion.core.sampling import Sampler, resolve_function
+from diffusion.training.builders import build_module, module_from_checkpoint, sampler_from_conf, sampler_names
+
+USER_NET = textwrap.dedent(
+    '''
+    import torch
+    from torch import nn
+
+
+    class TinyNet(nn.Module):
+        """A user's own network: one convolution, conditioned on the noise level and the label by a bias."""
+
+        def __init__(self, num_classes: int = 0, image_size: int = 16, width: int = 8):
+            super().__init__()
+            self.num_classes, self.image_size = num_classes, image_size
+            self.inp = nn.Conv2d(3, width, 3, padding=1)
+            self.out = nn.Conv2d(width, 3, 3, padding=1)
+            self.label = nn.Embedding(num_classes + 1, width)
+
+        def forward(self, x, c_noise, labels=None):
+            h = self.inp(x) + c_noise.float().view(-1, 1, 1, 1)
+            if labels is not None:
+                h = h + self.label(labels)[:, :, None, None]
+            return self.out(torch.relu(h))
+    '''
+)
+
+
+def tiny_module(overrides=()):
+    cfg = compose_config("train", [*TINY_MODEL, "paths.output_dir=.", *overrides])
+    return build_module(cfg, 3, 16, ["a", "b", "c"])
+
+
+def old_layout(config: dict) -> dict:
+    """A stored config as checkpoints wrote it before the layers: old paths, sampler ``name``, no ``module``."""
+    config = copy.deepcopy(config)
+    config.pop("module")
+    config["model"]["_target_"] = "diffusion.unet.UNet"
+    config["schedule"]["_target_"] = config["schedule"]["_target_"].replace("diffusion.core.", "diffusion.")
+    config["objective"]["_target_"] = config["objective"]["_target_"].replace("diffusion.core.", "diffusion.")
+    sampler = config["sampler"]
+    sampler["_target_"] = "diffusion.sampling.Sampler"
+    sampler["name"] = sampler.pop("fn").rpartition(".")[2].removeprefix("sample_")
+    return config
+
+
+def test_a_checkpoint_of_the_old_layout_loads_and_samples_the_same():
+    module = tiny_module()
+    checkpoint = {"diffusion": module.checkpoint_info(), "state_dict": module.state_dict()}
+    old = {"diffusion": {**checkpoint["diffusion"], "config": old_layout(module.config)}, "state_dict": module.state_dict()}
+    assert "diffusion.unet.UNet" in str(old["diffusion"]["config"])
+
+    loaded = module_from_checkpoint(old)
+    assert loaded.sampler.fn == "ddpm" and loaded.sampler.function is resolve_function(module.sampler.fn)
+    for key, value in module.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    sampler = Sampler("euler", steps=3, spacing="karras")
+    kwargs = dict(labels=torch.tensor([0, 1]), sampler=sampler)
+    first = module.sample(2, generator=torch.Generator().manual_seed(0), **kwargs)
+    again = loaded.sample(2, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert torch.equal(first, again)
+
+
+def test_a_checkpoint_naming_code_outside_the_framework_needs_trust(tmp_path, monkeypatch):
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "mypkg" / "net.py").write_text(USER_NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = tiny_module(["model._target_=mypkg.net.TinyNet", "~model.base_channels", "~model.channel_mult",
+                          "~model.attn_resolutions", "~model.norm_groups", "~model.num_res_blocks", "~model.dropout"])
+    assert type(module.denoiser.net).__name__ == "TinyNet"
+    checkpoint = {"diffusion": module.checkpoint_info(), "state_dict": module.state_dict()}
+
+    message = raises_config_error(module_from_checkpoint, checkpoint)
+    assert "mypkg.net.TinyNet" in message and "trust=[mypkg]" in message and "\n" not in message
+    assert type(module_from_checkpoint(checkpoint, trust=["mypkg"]).denoiser.net).__name__ == "TinyNet"
+    # Trusting one package does not open another.
+    evil = copy.deepcopy(checkpoint)
+    evil["diffusion"]["config"]["schedule"]["_target_"] = "os.system"
+    assert "os.system" in raises_config_error(module_from_checkpoint, evil, trust=["mypkg"])
+
+
+def test_a_sampler_is_one_function_and_one_config_file():
+    names = sampler_names()
+    assert {"ddpm", "ddim", "euler", "heun", "dpmpp_2m"} <= set(names)
+    for name in names:  # every file of conf/sampler names a function that exists
+        sampler = sampler_from_conf(name, steps=4)
+        assert callable(sampler.function) and sampler.steps == 4
+    assert Sampler("diffusion.core.samplers.ode.sample_heun", steps=3).nfe == 5  # Heun: 2n - 1
+    assert "unknown sampler 'nope'" in raises_config_error(Sampler, "nope")
+    assert "sampler.fn=mypkg.module.sample_x" in raises_config_error(Sampler, "no.such.module.sample_x")
+
+
+def test_module_is_built_from_its_config_node():
+    module = tiny_module(["module.label_dropout=0.25", "module.lr_schedule=cosine"])
+    assert module.label_dropout == 0.25 and module.lr_schedule == "cosine"
+    cfg = compose_config("train", [*TINY_MODEL, "paths.output_dir=."])
+    assert OmegaConf.select(cfg, "module._target_") == "diffusion.training.module.DiffusionModule"
+
+
+@pytest.mark.slow
+def test_a_user_network_trains_and_samples_by_config_alone(tmp_path):
+    pkg = tmp_path / "mypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "net.py").write_text(USER_NET)
+    env = {"PYTHONPATH": str(tmp_path)}
+    run_dir = tmp_path / "run"
+    proc = run_script(
+        "train.py", "model=small", "model._target_=mypkg.net.TinyNet", "~model.base_channels", "~model.channel_mult",
+        "~model.attn_resolutions", "~model.norm_groups", "~model.num_res_blocks", "~model.dropout", "+model.width=4",
+        "callbacks.fid.every_n_epochs=0", f"hydra.run.dir={run_dir}", "data.n=256", env=env,
+    )
+    assert proc.returncode == 0, describe(proc)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert ckpt.exists() and (run_dir / "samples" / "final.png").exists()
+
+    refused = run_script("sample.py", f"ckpt={ckpt}", f"out={tmp_path / 'refused'}", "n=4", env=env)
+    assert refused.returncode == 2 and "trust=[mypkg]" in refused.stderr, describe(refused)
+    assert not (tmp_path / "refused" / "samples.npz").exists()
+
+    out = tmp_path / "samples"
+    proc = run_script("sample.py", f"ckpt={ckpt}", f"out={out}", "n=4", "sampler=euler", "steps=3", "trust=[mypkg]", env=env)
+    assert proc.returncode == 0, describe(proc)
+    with np.load(out / "samples.npz") as npz:
+        assert npz["images"].shape == (4, 16, 16, 3)
