@@ -92,7 +92,6 @@ MAX_LINES = 400
 # Modules allowed to be longer, and why (docs/architecture.md).
 LONG_MODULES: dict[str, str] = {
     "tools/bench.py": "being split by job (measurement vs report)",
-    "data/procedural.py": "being split by job (shapes, palettes, composition)",
 }
 
 
