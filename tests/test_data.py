@@ -3,6 +3,7 @@ ending as a ConfigError whose message names the file and the problem."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from conftest import IMAGES_FILE, LABELS_FILE, compose_config, make_sprites, wri
 from hydra.utils import instantiate
 from PIL import Image
 
-from diffusion.data import sources
+from diffusion.data import procedural, sources
 from diffusion.data.datamodule import ImageFolder, NpySprites, ProceduralSprites, ShardedBatches
 from diffusion.core.errors import ConfigError
 
@@ -183,6 +184,19 @@ def test_procedural_sprites(tmp_path):
     assert torch.equal(again.train_set.tensors[0], images) and torch.equal(again.val_set.tensors[0], dm.val_set.tensors[0])
     x, _ = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert x.shape == (8, 3, 16, 16) and -1 <= float(x.min()) and float(x.max()) <= 1
+
+
+def test_procedural_cache_is_keyed_by_every_module_of_the_generator(tmp_path, monkeypatch):
+    """A cached .npz made by an older generator is never served: editing any of its modules changes the file name."""
+    copy = tmp_path / "procedural"
+    shutil.copytree(Path(procedural.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    dm = ProceduralSprites(n=40, cache_dir=str(tmp_path / "cache"))
+    original = dm._cache_path()
+    monkeypatch.setattr(procedural, "__file__", str(copy / "__init__.py"))
+    assert dm._cache_path() == original
+    palettes = copy / "palettes.py"
+    palettes.write_text(palettes.read_text().replace("(140, 90, 45)", "(141, 90, 45)"))
+    assert dm._cache_path() != original
 
 
 def test_procedural_from_hydra_config(tmp_path):

@@ -1,6 +1,7 @@
 """Tests for the embedded procedural sprite generator."""
 
 import ast
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -153,9 +154,34 @@ def test_preview_cli_writes_grid(tmp_path):
     assert grid.shape[0] % cell == 2 and grid.shape[0] >= 5 * cell  # a row block per class
 
 
-def test_module_imports_only_numpy_at_top_level():
-    tree = ast.parse(Path(procedural.__file__).read_text())
-    imported = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import)
-                for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom)}
-    assert imported == {"numpy"}
+# sha256 of generate_sprites(n, seed)'s image bytes and label bytes, recorded before the generator was split
+# into modules. Any change to what it draws (a palette colour, a shape, the order of random draws) changes
+# them: a change meant to alter the sprites updates these hashes and the docs/procedural_preview.png with it.
+# Float rounding is part of the fingerprint, so a numpy whose float32 sin/cos differ by one ulp could also
+# change them; regenerate the preview and compare by eye before updating the hashes for that reason.
+FINGERPRINTS = {
+    (1, 0): ("ee808ac0527bf73111960d7f14c3b3aa0f55ced4a54a47da4456b106ed35a870",
+             "af5570f5a1810b7af78caf4bc70a660f0df51e42baf91d4de5b2328de0e83dfc"),
+    (37, 1): ("97782bcfdbb685c21ef1dec0db1a857c5b96003c0ec417088ab4c63135ea28cf",
+              "0d6c7f449e50ffd8f99aac4dad5858396dbaa5eead1161900812144b50fbba3d"),
+    (1003, 12345): ("a1537eab017ada838d171cd631bf1fd613071a39b61f8332b150f14188ea9266",
+                    "c1fa45ece03bc765cd63b32994236273981497a50ff1d2baf0c071c124e86009"),
+}
+
+
+@pytest.mark.parametrize(("n", "seed"), sorted(FINGERPRINTS))
+def test_sprites_are_bit_identical_to_the_recorded_ones(n, seed):
+    images, labels = generate_sprites(n, seed=seed)
+    digests = (hashlib.sha256(images.tobytes()).hexdigest(), hashlib.sha256(labels.tobytes()).hexdigest())
+    assert digests == FINGERPRINTS[n, seed]
+
+
+def test_package_imports_only_numpy_at_top_level():
+    """The generator needs numpy alone (PIL only for the preview command), in every module of the package."""
+    imported = set()
+    for module in sorted(Path(procedural.__file__).parent.glob("*.py")):
+        tree = ast.parse(module.read_text())
+        imported |= {alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module for node in tree.body if isinstance(node, ast.ImportFrom)}
+    outside = {name.split(".")[0] for name in imported if not name.startswith(procedural.__name__)}
+    assert outside == {"numpy"}

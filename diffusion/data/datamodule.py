@@ -165,8 +165,11 @@ class ProceduralSprites(SpriteDataModule):
             return None
         from diffusion.data import procedural
 
-        source = Path(procedural.__file__).read_bytes()
-        tag = hashlib.sha1(source).hexdigest()[:10]
+        # The generator's code is the cache's key: editing any module of the package regenerates the sprites.
+        digest = hashlib.sha1()
+        for module in sorted(Path(procedural.__file__).parent.glob("*.py")):
+            digest.update(module.name.encode() + b"\0" + module.read_bytes())
+        tag = digest.hexdigest()[:10]
         return self.cache_dir / f"procedural_{self.n}_{self.generator_seed}_{tag}.npz"
 
     def prepare_data(self) -> None:

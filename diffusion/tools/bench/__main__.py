@@ -1,0 +1,5 @@
+"""``python -m diffusion.tools.bench``."""
+
+from diffusion.tools.bench import main
+
+main()
