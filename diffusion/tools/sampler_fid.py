@@ -62,6 +62,13 @@ def options_for(name: str, options: dict[str, float]) -> dict[str, float]:
     return {key: value for key, value in options.items() if key in accepted}
 
 
+def steps_at_nfe(name: str, nfe: int, options: dict) -> int:
+    """Noise levels giving at most ``nfe`` evaluations with the config's options and ``options`` (Restart's cost
+    depends on its restart_times and restart_steps)."""
+    sampler = sampler_from_conf(name, **options)
+    return steps_for_nfe(sampler.function, nfe, sampler.options)
+
+
 def row_label(name: str, options: dict) -> str:
     if options.get("add_noise") is False:
         return f"{name} (z=0)"
@@ -97,7 +104,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     quality.update_real(datamodule.real_images("val"))
 
     full_steps = getattr(module.schedule, "T", 500)
-    plan = [(name, steps_for_nfe(sampler_from_conf(name).function, nfe), options_for(name, options), args.spacing) for nfe in args.nfe for name in args.samplers]
+    plan = [(name, steps_at_nfe(name, nfe, options_for(name, options)), options_for(name, options), args.spacing) for nfe in args.nfe for name in args.samplers]
     if args.full_ddpm:
         plan.append(("ddpm", full_steps, {}, "schedule"))
     if args.collapse:
