@@ -14,6 +14,7 @@ import math
 import pytest
 import torch
 
+from diffusion.core.errors import ConfigError
 from diffusion.core.exact import Harness, expected_nfe, fit_order, make_dataset, nearest_distance, pairwise_rms, rms
 from diffusion.core.samplers import is_stochastic
 from diffusion.core.samplers.common import model_evaluations, steps_for_nfe
@@ -167,7 +168,13 @@ def test_restart_without_restarts_is_heun_and_adds_the_forward_noise():
     assert jump.std().item() == pytest.approx(math.sqrt(t_max**2 - t_min**2), rel=0.03)
 
 
-def test_restart_refuses_an_empty_interval():
+def test_bad_options_are_one_line_config_errors():
     harness = Harness(make_dataset(8, (3, 4, 4), seed=1))
-    with pytest.raises(ValueError, match="restart_max"):
+    with pytest.raises(ConfigError, match="restart_max=0.5 must exceed the restart level"):
         harness.run("restart", 12, 4, restart_min=1.0, restart_max=0.5)
+    with pytest.raises(ConfigError, match="steps >= 2"):
+        harness.run("restart", 1, 4)
+    with pytest.raises(ConfigError, match="order=5 must be 1 to 4"):
+        harness.run("ipndm", 12, 4, order=5)
+    with pytest.raises(ConfigError, match="eta=-1"):
+        harness.run("dpmpp_3m_sde", 12, 4, eta=-1)

@@ -48,6 +48,7 @@ def test_new_samplers_fit_the_budget_and_rows_record_the_label_mix(tiny_run):
         str(tiny_run.ckpt), "--n", "4", "--kid-subsets", "2", "--samplers", "restart", "ipndm", "dpmpp_3m_sde", "--nfe", "21",
         "--options", "restart_times=1",
     ]))
+    assert sampler_fid.steps_at_nfe("restart", 18, {}) is None  # K = 2, N = 4: 16 evaluations, and 2 levels at least
     assert [(r["sampler"], r["steps"], r["nfe"], r["labels"]) for r in rows] == [
         ("restart restart_times=1", 7, 21, "data"), ("ipndm", 21, 21, "data"), ("dpmpp_3m_sde", 21, 21, "data"),
     ]

@@ -31,7 +31,7 @@ from diffusion.tools.cli import reports_user_errors
 from diffusion.core.errors import ConfigError
 from diffusion.evaluation.metrics import ImageQuality, build_feature_net
 from diffusion.training.precision import sampling_in_bf16
-from diffusion.core.samplers.common import steps_for_nfe
+from diffusion.core.samplers.common import model_evaluations, steps_for_nfe
 from diffusion.core.sampling import Sampler
 
 def sampler_for(name: str, steps: int, options: dict | None = None, spacing: str = "auto") -> Sampler:
@@ -63,11 +63,13 @@ def options_for(name: str, options: dict[str, float]) -> dict[str, float]:
     return {key: value for key, value in options.items() if key in accepted}
 
 
-def steps_at_nfe(name: str, nfe: int, options: dict) -> int:
+def steps_at_nfe(name: str, nfe: int, options: dict) -> int | None:
     """Noise levels giving at most ``nfe`` evaluations with the config's options and ``options`` (Restart's cost
-    depends on its restart_times and restart_steps)."""
+    depends on its restart_times and restart_steps), or None where even its least run costs more."""
     sampler = sampler_from_conf(name, **options)
-    return steps_for_nfe(sampler.function, nfe, sampler.options)
+    steps = steps_for_nfe(sampler.function, nfe, sampler.options)
+    least = getattr(sampler.function, "least_steps", 1)  # Restart needs a positive level to restart from
+    return steps if steps >= least and model_evaluations(sampler.function, steps, sampler.options) <= nfe else None
 
 
 def row_label(name: str, options: dict) -> str:
@@ -110,7 +112,14 @@ def run(args: argparse.Namespace) -> list[dict]:
     labels = sample_labels(args.n, module.num_classes, counts, args.labels)
 
     full_steps = getattr(module.schedule, "T", 500)
-    plan = [(name, steps_at_nfe(name, nfe, options_for(name, options)), options_for(name, options), args.spacing) for nfe in args.nfe for name in args.samplers]
+    plan = []
+    for nfe in args.nfe:
+        for name in args.samplers:
+            steps = steps_at_nfe(name, nfe, options_for(name, options))
+            if steps is None:
+                print(f"{name}: skipped at NFE {nfe}, below the cost of its shortest run", flush=True)
+            else:
+                plan.append((name, steps, options_for(name, options), args.spacing))
     if args.full_ddpm:
         plan.append(("ddpm", full_steps, {}, "schedule"))
     if args.collapse:

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from diffusion.core.denoiser import DenoiserFn
+from diffusion.core.errors import ConfigError
 from diffusion.core.samplers.common import Callback, notify
 
 
@@ -64,7 +65,7 @@ def sample_ipndm(
     interval): coarse Karras grids (|h / sigma| ~ 0.5 near sigma_min at 25 steps) want ``order`` <= 2 or more steps.
     """
     if order not in range(1, len(ADAMS_BASHFORTH) + 1):
-        raise ValueError(f"order must be 1 to {len(ADAMS_BASHFORTH)}, got {order}")
+        raise ConfigError(f"sampler.options.order={order} must be 1 to {len(ADAMS_BASHFORTH)} for iPNDM")
     derivatives: list[Tensor] = []  # newest first
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]

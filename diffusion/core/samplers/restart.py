@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from diffusion.core.denoiser import DenoiserFn
+from diffusion.core.errors import ConfigError
 from diffusion.core.samplers.common import Callback, evaluations, noise_like, stochastic
 from diffusion.core.samplers.ode import sample_heun
 
@@ -41,7 +42,7 @@ def restart_index(sigmas: Tensor, restart_min: float) -> int:
     as in the paper's code, so that the main steps are those of plain Heun)."""
     positive = [j for j in range(1, len(sigmas)) if sigmas[j] > 0]
     if not positive:
-        raise ValueError("Restart needs at least two positive noise levels (steps >= 2)")
+        raise ConfigError("Restart needs at least two positive noise levels: set sampler.steps >= 2")
     return min(positive, key=lambda j: abs(math.log(float(sigmas[j]) / restart_min)))
 
 
@@ -71,13 +72,16 @@ def sample_restart(
     """
     restart_times, restart_steps = int(restart_times), int(restart_steps)  # --options passes numbers as floats
     if restart_times < 0 or restart_steps < 1:
-        raise ValueError(f"restart_times={restart_times} must be >= 0 and restart_steps={restart_steps} >= 1")
+        raise ConfigError(f"sampler.options restart_times={restart_times} must be >= 0 and restart_steps={restart_steps} >= 1")
     if restart_times == 0:
         return sample_heun(denoiser, x, sigmas, callback=callback)
     j = restart_index(sigmas, restart_min)
     t_min = sigmas[j]
     if not restart_max > t_min:
-        raise ValueError(f"restart_max={restart_max} must exceed the restart level t_min={float(t_min):.4g}")
+        raise ConfigError(
+            f"sampler.options.restart_max={restart_max} must exceed the restart level t_min={float(t_min):.4g} "
+            "(the grid's level nearest restart_min); raise restart_max or lower restart_min"
+        )
     x = sample_heun(denoiser, x, sigmas[: j + 1], callback=callback)
     levels = karras_levels(restart_steps + 1, t_min, restart_max)
     for _ in range(restart_times):
@@ -85,3 +89,6 @@ def sample_restart(
         x = sample_heun(denoiser, x, levels)
     shifted = None if callback is None else (lambda i, x, denoised: callback(i + j, x, denoised))
     return sample_heun(denoiser, x, sigmas[j:], callback=shifted)
+
+
+sample_restart.least_steps = 2  # a positive level to restart from (tools skip NFE budgets below its cost)

@@ -18,12 +18,13 @@ import torch
 from torch import Tensor
 
 from diffusion.core.denoiser import DenoiserFn
+from diffusion.core.errors import ConfigError
 from diffusion.core.samplers.common import Callback, noise_like, notify, stochastic
 
 
 def _check(eta: float, s_noise: float) -> None:
     if eta < 0 or s_noise < 0:
-        raise ValueError(f"eta={eta} and s_noise={s_noise} must be >= 0 (eta = 0: the probability-flow ODE)")
+        raise ConfigError(f"sampler.options eta={eta} and s_noise={s_noise} must be >= 0 (eta = 0: the probability-flow ODE)")
 
 
 def _add_noise(x: Tensor, sigma_next: Tensor, h: Tensor, eta: float, s_noise: float, generator) -> Tensor:
