@@ -104,6 +104,30 @@ def test_dpmpp_3m_at_eta_0_is_third_order():
     assert 2.8 < orders["sample_dpmpp_3m_sde"] < 4.3
 
 
+# --------------------------------------------------------------------------------------------------- UniPC
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_unipc_order_is_one_above_its_predictor(order):
+    """UniP-p converges at order p, and the corrector adds one at no extra evaluation (Zhao et al. 2023, Theorem
+    3.3). Measured on the exact denoiser: UniP 1.06, 2.22, 3.39 and UniPC 1.88, 3.07 over 40-160 steps; UniPC-3
+    reaches the reference's own error (~1e-8) by 160 steps, so it is fitted over 20-80 (3.93)."""
+    harness = Harness(make_dataset(32, (3, 8, 8), seed=0))
+    reference = harness.reference(16, steps=2000, final_zero=False)
+
+    def fitted(steps, **options):
+        errors = [rms(harness.run("unipc", n, 16, final_zero=False, order=order, **options).samples, reference).median().item()
+                  for n in steps]
+        return fit_order(steps, errors)
+
+    predictor = fitted([40, 80, 160], corrector=False)
+    corrected = fitted([40, 80, 160] if order < 3 else [20, 40, 80])
+    print(f"UniP-{order} {predictor:.2f}, UniPC-{order} {corrected:.2f}")
+    assert order - 0.3 < predictor < order + 0.7
+    assert order + 0.6 < corrected < order + 1.5
+    assert harness.run("unipc", 10, 4, order=order).nfe == 10  # the corrector costs no evaluation
+
+
 # ------------------------------------------------------------------------------------- the data distribution
 
 

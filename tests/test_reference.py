@@ -33,12 +33,14 @@ from diffusers import (  # noqa: E402
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
     LMSDiscreteScheduler,
+    UniPCMultistepScheduler,
 )
 
 from diffusion.core.samplers.ancestral import sample_ddim, sample_ddpm  # noqa: E402
 from diffusion.core.samplers.multistep import sample_dpmpp_2m  # noqa: E402
 from diffusion.core.samplers.ode import sample_euler, sample_heun, sample_lms  # noqa: E402
 from diffusion.core.samplers.sde import sample_dpmpp_2m_sde, sample_dpmpp_3m_sde  # noqa: E402
+from diffusion.core.samplers.unipc import sample_unipc  # noqa: E402
 from diffusion.core.schedules import CosineSchedule, LinearSchedule, get_sigmas_karras  # noqa: E402
 
 SHAPE = (4, 3, 8, 8)
@@ -377,3 +379,24 @@ def test_dpmpp_3m_sde_matches_diffusers(steps):
         shipped.set_timesteps(steps)
         diff = (ours - _run_dpm_sde(shipped, x_vp, _noises(steps)).double()).abs().max()
         assert diff > 100 * F32["atol"], "diffusers' 3rd-order sde-dpmsolver++ now agrees: drop SecondOrderTermFixed"
+
+
+@pytest.mark.parametrize("corrector", [True, False])
+@pytest.mark.parametrize("karras", [False, True])
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("steps", [5, 12])
+def test_unipc_matches_diffusers(order, karras, steps, corrector):
+    """UniPC-p (data prediction, bh2, lower-order final steps), and UniP alone with every corrector disabled."""
+    sched = UniPCMultistepScheduler(
+        beta_schedule="linear", solver_order=order, use_karras_sigmas=karras,
+        disable_corrector=[] if corrector else list(range(steps)),
+    )
+    sched.set_timesteps(steps)
+    sigmas = sched.sigmas.double()
+    x_vp = _start()
+    theirs = x_vp.float()
+    for t in sched.timesteps:
+        theirs = sched.step(eps_model(theirs, t), t, theirs).prev_sample
+    x = x_vp * (1 + sigmas[0] ** 2).sqrt()
+    _compare(sample_unipc, Translated(sigmas[:-1], sched.timesteps), x, sigmas, theirs,
+             f"unipc order={order} karras={karras} steps={steps} corrector={corrector}", order=order, corrector=corrector)
