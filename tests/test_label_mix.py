@@ -167,3 +167,22 @@ def test_checkpoints_carry_the_class_counts_and_old_ones_still_load(tmp_path):
     del checkpoint["diffusion"]["class_counts"]  # a checkpoint written before the counts were stored
     old = module_from_checkpoint(checkpoint)
     assert old.class_counts is None and "class_counts" not in old.checkpoint_info()
+
+
+def test_a_training_run_stores_its_counts_and_records_the_mix(tiny_run):
+    """train.py end to end: the checkpoint and its .safetensors export carry the training split's class counts,
+    ``sample.py label=data`` follows them, and fid.json says which mix its figures used."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from diffusion.training.builders import module_from_checkpoint
+    from diffusion.training.checkpoints import load_checkpoint
+
+    info = load_checkpoint(tiny_run.ckpt)["diffusion"]
+    data = instantiate(OmegaConf.create(info["config"]).data)
+    assert info["class_counts"] == data.class_counts("train") and sum(info["class_counts"]) > 0
+    assert load_checkpoint(tiny_run.export)["diffusion"]["class_counts"] == info["class_counts"]
+    module = module_from_checkpoint(load_checkpoint(tiny_run.export))
+    shares_within_rounding(parse_labels("data", 50, module), info["class_counts"])
+    record = json.loads((tiny_run.run_dir / "fid.json").read_text())
+    assert record["labels"] == "data" and all(entry["labels"] == "data" for entry in record["history"])
