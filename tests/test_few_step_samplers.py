@@ -32,7 +32,8 @@ def gaussian_denoiser(x, sigma):
 
 def gaussian_ode_error(fn, sigmas, **options) -> float:
     """Max error of ``fn`` against the closed-form probability-flow ODE solution for Gaussian data."""
-    x = torch.randn(64, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * math.sqrt(S**2 + sigmas[0] ** 2)
+    z = torch.randn(64, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x = z * math.sqrt(S**2 + sigmas[0] ** 2)
     exact = x * math.sqrt(S**2 + sigmas[-1] ** 2) / math.sqrt(S**2 + sigmas[0] ** 2)
     return (fn(gaussian_denoiser, x.clone(), sigmas, **options) - exact).abs().max().item()
 
@@ -50,7 +51,8 @@ def test_ipndm_has_the_adams_bashforth_order_on_equal_steps(order):
     """On equal steps in sigma iPNDM is Adams-Bashforth of its order (the lower-order warm start costs a little:
     measured 0.98, 1.81, 2.60, 3.41 over 20-80 steps)."""
     steps = [20, 40, 80]
-    errors = [gaussian_ode_error(sample_ipndm, torch.linspace(5, 0.5, n + 1, dtype=torch.float64), order=order) for n in steps]
+    grids = [torch.linspace(5, 0.5, n + 1, dtype=torch.float64) for n in steps]
+    errors = [gaussian_ode_error(sample_ipndm, sigmas, order=order) for sigmas in grids]
     p = fit_order(steps, errors)
     print(f"ipndm order={order}: {errors} -> {p:.2f}")
     assert order - 0.6 < p < order + 0.5
@@ -71,7 +73,10 @@ def test_ipndm_is_second_order_on_karras_steps(order):
 def test_ipndm_on_the_exact_denoiser_beats_euler_and_converges():
     harness = Harness(make_dataset(32, (3, 8, 8), seed=0))
     reference = harness.reference(16, steps=2000, final_zero=False)
-    error = lambda name, n: rms(harness.run(name, n, 16, final_zero=False).samples, reference).median().item()  # noqa: E731
+
+    def error(name, n):
+        return rms(harness.run(name, n, 16, final_zero=False).samples, reference).median().item()
+
     ipndm = [error("ipndm", n) for n in (80, 160)]
     print("ipndm", ipndm, "euler", error("euler", 80))
     assert ipndm[1] < ipndm[0] < error("euler", 80) / 50  # measured: 90 times smaller
@@ -97,7 +102,8 @@ def test_dpmpp_3m_at_eta_0_is_third_order():
     steps = [40, 80, 160]
     orders = {}
     for fn in (sample_dpmpp_2m_sde, sample_dpmpp_3m_sde):
-        errors = [rms(harness.run(fn, n, 16, final_zero=False, eta=0.0).samples, reference).median().item() for n in steps]
+        runs = [harness.run(fn, n, 16, final_zero=False, eta=0.0) for n in steps]
+        errors = [rms(run.samples, reference).median().item() for run in runs]
         orders[fn.__name__] = fit_order(steps, errors)
         print(fn.__name__, errors, orders[fn.__name__])
     assert 1.8 < orders["sample_dpmpp_2m_sde"] < 2.6
@@ -109,15 +115,15 @@ def test_dpmpp_3m_at_eta_0_is_third_order():
 
 @pytest.mark.parametrize("order", [1, 2, 3])
 def test_unipc_order_is_one_above_its_predictor(order):
-    """UniP-p converges at order p, and the corrector adds one at no extra evaluation (Zhao et al. 2023, Theorem
-    3.3). Measured on the exact denoiser: UniP 1.06, 2.22, 3.39 and UniPC 1.88, 3.07 over 40-160 steps; UniPC-3
+    """UniP-p converges at order p, and the corrector adds one at no extra evaluation (Zhao et al. 2023).
+    Measured on the exact denoiser: UniP 1.06, 2.22, 3.39 and UniPC 1.88, 3.07 over 40-160 steps; UniPC-3
     reaches the reference's own error (~1e-8) by 160 steps, so it is fitted over 20-80 (3.93)."""
     harness = Harness(make_dataset(32, (3, 8, 8), seed=0))
     reference = harness.reference(16, steps=2000, final_zero=False)
 
     def fitted(steps, **options):
-        errors = [rms(harness.run("unipc", n, 16, final_zero=False, order=order, **options).samples, reference).median().item()
-                  for n in steps]
+        runs = [harness.run("unipc", n, 16, final_zero=False, order=order, **options) for n in steps]
+        errors = [rms(run.samples, reference).median().item() for run in runs]
         return fit_order(steps, errors)
 
     predictor = fitted([40, 80, 160], corrector=False)
@@ -154,7 +160,7 @@ def test_stochastic_samplers_draw_the_data_distribution(fn):
 @pytest.mark.parametrize("times,steps", [(0, 3), (1, 1), (2, 4), (3, 5)])
 def test_restart_counts_its_evaluations(times, steps):
     harness = Harness(make_dataset(8, (3, 4, 4), seed=1))
-    options = dict(restart_times=times, restart_steps=steps)
+    options = {"restart_times": times, "restart_steps": steps}
     for final_zero in (True, False):
         run = harness.run("restart", 12, 4, final_zero=final_zero, **options)
         assert run.nfe == expected_nfe("restart", 12, final_zero, **options) == 2 * 12 - final_zero + 2 * times * steps
@@ -185,7 +191,8 @@ def test_restart_without_restarts_is_heun_and_adds_the_forward_noise():
     levels = [s for s, _ in seen]
     first = next(k for k, s in enumerate(levels) if s == pytest.approx(t_max, rel=1e-12))
     assert levels[first - 1] == pytest.approx(t_min, rel=1e-12)  # Heun's correction at t_min, then the restart
-    assert levels[first : first + 6] == pytest.approx([t_max, *[levels[first + 1]] * 2, *[levels[first + 3]] * 2, t_min])
+    l1, l2 = levels[first + 1], levels[first + 3]
+    assert levels[first : first + 6] == pytest.approx([t_max, l1, l1, l2, l2, t_min])
     # The jump from x at t_min after the main steps (plain Heun so far) to the first x at t_max is the noise.
     x_tmin = sample_restart(harness.denoiser, x, sigmas[: restart_index(sigmas, 0.3) + 1], restart_times=0)
     jump = seen[first][1] - x_tmin

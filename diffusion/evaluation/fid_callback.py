@@ -114,8 +114,10 @@ class FIDCallback(L.Callback):
         self.version = self.quality.version
         if trainer.is_global_zero:
             # the version beside the figures: hparams.yaml, TensorBoard's hparams, the W&B config
-            hparams = {"fid_features": self.version, "fid_num_samples": self.num_samples, "fid_sampler": repr(self.sampler),
-                       "fid_labels": self.labels}
+            hparams = {
+                "fid_features": self.version, "fid_num_samples": self.num_samples, "fid_sampler": repr(self.sampler),
+                "fid_labels": self.labels,
+            }
             for logger in trainer.loggers:
                 logger.log_hyperparams(hparams)
 

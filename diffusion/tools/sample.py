@@ -38,8 +38,8 @@ def parse_labels(label, n: int, module: DiffusionModule) -> torch.Tensor | None:
         index = int(label)
     else:
         raise ConfigError(
-            f"label={label} is not a class of this model; choose one of {', '.join(classes)}, 0..{module.num_classes - 1}, "
-            "data (the training data's class mix) or uncond"
+            f"label={label} is not a class of this model; choose one of {', '.join(classes)}, "
+            f"0..{module.num_classes - 1}, data (the training data's class mix) or uncond"
         )
     return torch.full((n,), index, dtype=torch.long)
 

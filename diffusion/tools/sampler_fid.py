@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n", type=int, default=1000, help="samples per figure")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--labels", default="data", choices=LABEL_MIXES,
-                        help="class labels of the samples: the validation split's class mix (as the FID of training) or uniform")
+                        help="the samples' class labels: the validation split's class mix (as in training's FID) or uniform")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--kid-subsets", type=int, default=100)
     parser.add_argument("--json", help="also write the rows here")

@@ -55,7 +55,9 @@ def sample_labels(n: int, num_classes: int, counts: Sequence[int] | None, mix: s
     if mix == "uniform":
         return class_cycle(n, num_classes)
     if counts is None:
-        raise ConfigError("no class counts are known for labels=data (a checkpoint from before they were stored); use labels=uniform")
+        raise ConfigError(
+            "no class counts are known for labels=data (a checkpoint from before they were stored); use labels=uniform"
+        )
     if len(counts) != num_classes:
         raise ConfigError(f"{len(counts)} class counts for a model of {num_classes} classes; use labels=uniform")
     return class_mix(n, counts)

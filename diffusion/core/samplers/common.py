@@ -35,7 +35,9 @@ def notify(callback: Callback, i: int, x: Tensor, denoised: Tensor) -> None:
         callback(i, x, denoised)
 
 
-def evaluations(per_step: int = 1, saved: int = 0, extra: Callable[..., int] | None = None) -> Callable[[Callable], Callable]:
+def evaluations(
+    per_step: int = 1, saved: int = 0, extra: Callable[..., int] | None = None
+) -> Callable[[Callable], Callable]:
     """Declare a sampler's cost: ``per_step`` denoiser evaluations a noise level, ``saved`` fewer in all (Heun
     skips its correction on the step to 0: 2n - 1), and ``extra(**options)`` more, for a cost that depends on
     the sampler's keyword options (Restart's K restarts of N Heun steps: 2KN). Samplers without it cost one

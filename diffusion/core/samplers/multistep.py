@@ -50,7 +50,7 @@ def sample_ipndm(
     callback: Callback = None,
 ) -> Tensor:
     """iPNDM, the improved pseudo-numerical method of Zhang & Chen 2023 ("Fast Sampling of Diffusion Models with
-    Exponential Integrator", DEIS, Section 5 / Appendix: PNDM without its Runge-Kutta warm start).
+    Exponential Integrator", DEIS: PNDM without its Runge-Kutta warm start).
 
     On the probability-flow ODE dx/dsigma = d(x, sigma) = (x - D(x, sigma)) / sigma, each step is
         x_next = x + (sigma_next - sigma) * sum_j b_j d_{i-j}

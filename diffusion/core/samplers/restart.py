@@ -1,10 +1,10 @@
-"""Restart sampling (Xu et al. 2023, "Restart Sampling for Improving Generative Processes", Algorithm 1).
+"""Restart sampling (Xu et al. 2023, "Restart Sampling for Improving Generative Processes").
 
 Deterministic ODE steps have small discretisation error but carry every earlier error along; SDE steps contract
 earlier errors but add their own. Restart runs Heun's ODE solver and, on reaching a level t_min, K times adds
 fresh noise back up to a level t_max > t_min (x + sqrt(t_max^2 - t_min^2) z, the forward process's own
 transition) and solves the ODE down to t_min again in N Heun steps. The noise contracts the error accumulated
-so far (the paper's Theorem 2), and the many ODE steps within [t_min, t_max] keep the added error small.
+so far (the paper's analysis of the Wasserstein error), and the ODE steps within [t_min, t_max] add little.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def sample_restart(
     generator: torch.Generator | None = None,
     callback: Callback = None,
 ) -> Tensor:
-    """Restart sampling (Xu et al. 2023, Algorithm 1) with Heun's method (Karras et al. 2022, Algorithm 1).
+    """Restart sampling (Xu et al. 2023) with Heun's method (Karras et al. 2022, Algorithm 1).
 
     Heun steps over ``sigmas``; on reaching the level t_min nearest ``restart_min``, ``restart_times`` (K)
     times: add noise of standard deviation ``s_noise`` * sqrt(t_max^2 - t_min^2) with t_max = ``restart_max``,
@@ -72,7 +72,9 @@ def sample_restart(
     """
     restart_times, restart_steps = int(restart_times), int(restart_steps)  # --options passes numbers as floats
     if restart_times < 0 or restart_steps < 1:
-        raise ConfigError(f"sampler.options restart_times={restart_times} must be >= 0 and restart_steps={restart_steps} >= 1")
+        raise ConfigError(
+            f"sampler.options restart_times={restart_times} must be >= 0 and restart_steps={restart_steps} >= 1"
+        )
     if restart_times == 0:
         return sample_heun(denoiser, x, sigmas, callback=callback)
     j = restart_index(sigmas, restart_min)

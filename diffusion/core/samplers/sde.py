@@ -1,8 +1,9 @@
 """Multistep solvers of the reverse SDE in log-sigma time lambda = -log(sigma): DPM-Solver++(2M) SDE and (3M) SDE.
 
-Lu et al. 2022 ("DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models", Appendix: the
-SDE variant) solve the variance-preserving reverse SDE exactly in its linear part. In the variance-exploding
-form x = x0 + sigma * eps with h = lambda_next - lambda = log(sigma / sigma_next) the first-order step is
+Lu et al. 2022 ("DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models") solve the
+reverse SDE exactly in its linear part, as diffusers' ``sde-dpmsolver++`` and k-diffusion's ``dpmpp_*_sde`` do.
+In the variance-exploding form x = x0 + sigma * eps with h = lambda_next - lambda = log(sigma / sigma_next) the
+first-order step is
 
     x_next = (sigma_next / sigma) e^{-h} x + (1 - e^{-2h}) D(x, sigma) + sigma_next sqrt(1 - e^{-2h}) z,
 
@@ -24,7 +25,9 @@ from diffusion.core.samplers.common import Callback, noise_like, notify, stochas
 
 def _check(eta: float, s_noise: float) -> None:
     if eta < 0 or s_noise < 0:
-        raise ConfigError(f"sampler.options eta={eta} and s_noise={s_noise} must be >= 0 (eta = 0: the probability-flow ODE)")
+        raise ConfigError(
+            f"sampler.options eta={eta} and s_noise={s_noise} must be >= 0 (eta = 0: the probability-flow ODE)"
+        )
 
 
 def _add_noise(x: Tensor, sigma_next: Tensor, h: Tensor, eta: float, s_noise: float, generator) -> Tensor:

@@ -5,8 +5,6 @@ step needs anyway, so it raises the order by one at no extra cost: one evaluatio
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -16,10 +14,11 @@ from diffusion.core.samplers.common import Callback, notify
 
 
 def unipc_coefficients(h: Tensor, rks: list[Tensor], order: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The UniPC-p system (Zhao et al. 2023, Algorithm 2 / eq. 8 with B(h) = e^{-h} - 1): with hh = -h and
-    h phi_k(hh) the exponential integrator's phi functions, b_k = k! h phi_{k+1}(hh) / B(h) for k = 1..p and
-    R_{kj} = r_j^(k-1) over the nodes r_j = (lambda_j - lambda_s0) / h (the last node r = 1).
-    Returns (h_phi_1, B_h, R, b) in float64, which the caller solves for the weights."""
+    """The UniPC-p linear system (Zhao et al. 2023, with B(h) = e^{-h} - 1, as diffusers'
+    ``multistep_uni_*_bh_update``): with hh = -h and h phi_k(hh) the exponential integrator's phi functions,
+    b_k = k! h phi_{k+1}(hh) / B(h) for k = 1..p and R_{kj} = r_j^(k-1) over the nodes r_j = (lambda_j -
+    lambda_s0) / h (the last node r = 1). Returns (h phi_1, B(h), R, b) in float64 (h phi_1 = B(h) here);
+    the caller solves R rho = b for the weights."""
     hh = -h.double()
     h_phi_1 = torch.expm1(hh)
     h_phi_k = h_phi_1 / hh - 1
@@ -97,7 +96,10 @@ def sample_unipc(
             h_phi_1, b_h, rows, b = unipc_coefficients(h, rks, this_order)
             x = (sigma_next / sigma) * x - h_phi_1.to(x) * denoised
             if diffs:
-                rhos = torch.tensor([0.5], dtype=torch.float64) if this_order == 2 else torch.linalg.solve(rows[:-1, :-1], b[:-1])
+                if this_order == 2:
+                    rhos = torch.tensor([0.5], dtype=torch.float64)
+                else:
+                    rhos = torch.linalg.solve(rows[:-1, :-1], b[:-1])
                 x = x - b_h.to(x) * sum(r * d for r, d in zip(rhos.to(x), diffs))
         notify(callback, i, x, denoised)
     return x
