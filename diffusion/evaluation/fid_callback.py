@@ -210,7 +210,9 @@ class FIDCallback(L.Callback):
         per_rank = self.num_samples // world
         generator = torch.Generator().manual_seed(self.seed + rank)
         first = rank * per_rank
-        counts = trainer.datamodule.class_counts("val") if self.labels == "data" and pl_module.num_classes else None
+        datamodule = trainer.datamodule
+        wants_counts = self.labels == "data" and pl_module.num_classes and hasattr(datamodule, "class_counts")
+        counts = datamodule.class_counts("val") if wants_counts else None
         all_labels = sample_labels(self.num_samples, pl_module.num_classes, counts, self.labels)
         for offset in range(0, per_rank, self.batch_size):
             count = min(self.batch_size, per_rank - offset)

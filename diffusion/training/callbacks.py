@@ -56,7 +56,8 @@ def sample_labels(n: int, num_classes: int, counts: Sequence[int] | None, mix: s
         return class_cycle(n, num_classes)
     if counts is None:
         raise ConfigError(
-            "no class counts are known for labels=data (a checkpoint from before they were stored); use labels=uniform"
+            "no class counts are known for labels=data (a checkpoint from before they were stored, or a data module "
+            "without class_counts); use labels=uniform"
         )
     if len(counts) != num_classes:
         raise ConfigError(f"{len(counts)} class counts for a model of {num_classes} classes; use labels=uniform")
