@@ -104,6 +104,9 @@ class FIDCallback(L.Callback):
             raise ConfigError("the fid callback needs the run's data module (a SpriteDataModule) for its reference images")
         if self.num_samples // trainer.world_size < 1:
             raise ConfigError(f"callbacks.fid.num_samples={self.num_samples} leaves no samples for each of {trainer.world_size} processes")
+        if self.labels == "data" and getattr(datamodule, "num_classes", 0) and not hasattr(datamodule, "class_counts"):
+            # Said before training starts, not at the first measurement.
+            raise ConfigError("callbacks.fid.labels=data needs the data module's class_counts; use callbacks.fid.labels=uniform")
         reason = self.unavailable(datamodule, trainer.world_size)
         if reason is not None:  # the same decision on every process: the data are the same
             rank_zero_warn(f"FID is off for this run: {reason}")
