@@ -140,6 +140,10 @@ def test_fid_callback_draws_the_reference_mix_and_records_it(tmp_path, data, mix
 def test_fid_callback_refuses_an_unknown_mix(tmp_path):
     with pytest.raises(ConfigError, match="callbacks.fid.labels='balanced'"):
         FIDCallback(dirpath=str(tmp_path), labels="balanced")
+    # A data module of the user's own without class_counts: refused at setup, before any training.
+    own = SimpleNamespace(num_classes=3, real_images=lambda split="val": torch.zeros(10, 3, 4, 4, dtype=torch.uint8))
+    with pytest.raises(ConfigError, match="use callbacks.fid.labels=uniform"):
+        FIDCallback(dirpath=str(tmp_path)).setup(SimpleNamespace(datamodule=own, world_size=1), StubModule(), "fit")
 
 
 def test_sample_label_data_follows_the_stored_training_counts():
