@@ -33,11 +33,14 @@ from diffusers import (  # noqa: E402
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
     LMSDiscreteScheduler,
+    UniPCMultistepScheduler,
 )
 
 from diffusion.core.samplers.ancestral import sample_ddim, sample_ddpm  # noqa: E402
 from diffusion.core.samplers.multistep import sample_dpmpp_2m  # noqa: E402
 from diffusion.core.samplers.ode import sample_euler, sample_heun, sample_lms  # noqa: E402
+from diffusion.core.samplers.sde import sample_dpmpp_2m_sde, sample_dpmpp_3m_sde  # noqa: E402
+from diffusion.core.samplers.unipc import sample_unipc  # noqa: E402
 from diffusion.core.schedules import CosineSchedule, LinearSchedule, get_sigmas_karras  # noqa: E402
 
 SHAPE = (4, 3, 8, 8)
@@ -294,3 +297,106 @@ def test_translation_is_not_vacuous():
     denoiser = Translated(sigmas[:-1], sched.timesteps)
     diff = (sample_euler(denoiser, x, sigmas) - sample_dpmpp_2m(denoiser, x, sigmas)).abs().max()
     assert diff > 100 * F32["atol"]
+
+
+# ------------------------------------------------------------------------------- SDE samplers, same noise
+
+
+def _noises(steps: int, seed: int = 1) -> list[torch.Tensor]:
+    """The z our SDE samplers draw (one float64 draw per step but the last, whose noise term is 0 anyway)."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(SHAPE, generator=g, dtype=torch.float64) for _ in range(steps - 1)] + [torch.zeros(SHAPE, dtype=torch.float64)]
+
+
+def _run_dpm_sde(sched, x_vp: torch.Tensor, noises) -> torch.Tensor:
+    """diffusers' loop (x_vp, float32), with our noise injected as its ``variance_noise``."""
+    x = x_vp.float()
+    for t, z in zip(sched.timesteps, noises):
+        x = sched.step(eps_model(x, t), t, x, variance_noise=z.float()).prev_sample
+    return x
+
+
+class SecondOrderTermFixed(DPMSolverMultistepScheduler):
+    """diffusers' third-order ``sde-dpmsolver++`` update (added in huggingface/diffusers#9104) writes the D2
+    coefficient as alpha_t ((1 - e^{-2h} - 2h) / (2h)^2 - 1/2), which tends to -alpha_t, not 0, as h -> 0 (its
+    ODE branch has -alpha_t ((e^{-h} - 1 + h) / h^2 - 1/2) -> 0). The consistent coefficient, that of k-diffusion's
+    sample_dpmpp_3m_sde, is ... + 1/2: diffusers' result plus alpha_t * D2, added here and nothing else changed."""
+
+    def multistep_dpm_solver_third_order_update(self, model_output_list, *args, sample=None, noise=None, **kwargs):
+        x_t = super().multistep_dpm_solver_third_order_update(model_output_list, sample=sample, noise=noise)
+        i = self.step_index
+        (alpha_t, sigma_t), *rest = [self._sigma_to_alpha_sigma_t(self.sigmas[i + 1 - k]) for k in range(4)]
+        lam = [torch.log(a) - torch.log(s) for a, s in [(alpha_t, sigma_t), *rest]]
+        h, h_0, h_1 = lam[0] - lam[1], lam[1] - lam[2], lam[2] - lam[3]
+        r0, r1 = h_0 / h, h_1 / h
+        m0, m1, m2 = model_output_list[-1], model_output_list[-2], model_output_list[-3]
+        d2 = ((m0 - m1) / r0 - (m1 - m2) / r1) / (r0 + r1)
+        return x_t + alpha_t * d2
+
+
+@pytest.mark.parametrize("karras", [False, True])
+@pytest.mark.parametrize("steps", [5, 20])
+def test_dpmpp_2m_sde_matches_diffusers_with_the_same_noise(karras, steps):
+    sched = DPMSolverMultistepScheduler(
+        beta_schedule="linear", algorithm_type="sde-dpmsolver++", solver_order=2, solver_type="midpoint",
+        use_karras_sigmas=karras,
+    )
+    sched.set_timesteps(steps)
+    sigmas = sched.sigmas.double()
+    x_vp = _start()
+    theirs = _run_dpm_sde(sched, x_vp, _noises(steps))
+    denoiser, x = Translated(sigmas[:-1], sched.timesteps), x_vp * (1 + sigmas[0] ** 2).sqrt()
+    ours = sample_dpmpp_2m_sde(denoiser, x, sigmas, generator=torch.Generator().manual_seed(1))
+    _assert_close(ours, theirs, F32, f"dpmpp_2m_sde karras={karras} steps={steps}")
+    # Not vacuous: other noise, other result.
+    other = sample_dpmpp_2m_sde(denoiser, x, sigmas, generator=torch.Generator().manual_seed(2))
+    assert (other - theirs.double()).abs().max() > 100 * F32["atol"]
+
+
+@pytest.mark.parametrize("steps", [5, 20])
+def test_dpmpp_3m_sde_matches_diffusers(steps):
+    """At eta = 0 against diffusers' third-order DPM-Solver++ (ODE) as it is; at eta = 1 against its third-order
+    sde-dpmsolver++ with the same noise, once the D2 coefficient is made consistent (``SecondOrderTermFixed``).
+    ``solver_type="heun"`` gives diffusers' second step the phi_2 weight of the 3M rule; ``lower_order_final``
+    off keeps it third order up to the last step (first order, to sigma = 0, in both)."""
+    options = dict(beta_schedule="linear", solver_order=3, solver_type="heun", lower_order_final=False, use_karras_sigmas=True)
+    x_vp = _start()
+    ode = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", **options)
+    ode.set_timesteps(steps)
+    sigmas = ode.sigmas.double()
+    denoiser, x = Translated(sigmas[:-1], ode.timesteps), x_vp * (1 + sigmas[0] ** 2).sqrt()
+    theirs = x_vp.float()
+    for t in ode.timesteps:
+        theirs = ode.step(eps_model(theirs, t), t, theirs).prev_sample
+    _assert_close(sample_dpmpp_3m_sde(denoiser, x, sigmas, eta=0.0), theirs, F32, f"dpmpp_3m_sde eta=0 steps={steps}")
+
+    ours = sample_dpmpp_3m_sde(denoiser, x, sigmas, generator=torch.Generator().manual_seed(1))
+    fixed = SecondOrderTermFixed(algorithm_type="sde-dpmsolver++", **options)
+    fixed.set_timesteps(steps)
+    _assert_close(ours, _run_dpm_sde(fixed, x_vp, _noises(steps)), F32, f"dpmpp_3m_sde steps={steps}")
+    if steps > 3:  # the third-order step is used: diffusers as shipped differs by exactly its D2 term
+        shipped = DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", **options)
+        shipped.set_timesteps(steps)
+        diff = (ours - _run_dpm_sde(shipped, x_vp, _noises(steps)).double()).abs().max()
+        assert diff > 100 * F32["atol"], "diffusers' 3rd-order sde-dpmsolver++ now agrees: drop SecondOrderTermFixed"
+
+
+@pytest.mark.parametrize("corrector", [True, False])
+@pytest.mark.parametrize("karras", [False, True])
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("steps", [5, 12])
+def test_unipc_matches_diffusers(order, karras, steps, corrector):
+    """UniPC-p (data prediction, bh2, lower-order final steps), and UniP alone with every corrector disabled."""
+    sched = UniPCMultistepScheduler(
+        beta_schedule="linear", solver_order=order, use_karras_sigmas=karras,
+        disable_corrector=[] if corrector else list(range(steps)),
+    )
+    sched.set_timesteps(steps)
+    sigmas = sched.sigmas.double()
+    x_vp = _start()
+    theirs = x_vp.float()
+    for t in sched.timesteps:
+        theirs = sched.step(eps_model(theirs, t), t, theirs).prev_sample
+    x = x_vp * (1 + sigmas[0] ** 2).sqrt()
+    _compare(sample_unipc, Translated(sigmas[:-1], sched.timesteps), x, sigmas, theirs,
+             f"unipc order={order} karras={karras} steps={steps} corrector={corrector}", order=order, corrector=corrector)

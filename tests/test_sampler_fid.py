@@ -7,6 +7,7 @@ import json
 import pytest
 
 from diffusion.tools import sampler_fid
+from diffusion.training.checkpoints import load_checkpoint
 
 
 def test_rows_for_every_sampler_budget_and_the_extra_rows(tiny_run, tmp_path):
@@ -38,3 +39,18 @@ def test_spacing_option_moves_the_fast_samplers_to_the_schedules_levels(tiny_run
         str(tiny_run.ckpt), "--n", "4", "--kid-subsets", "2", "--samplers", "dpmpp_2m", "--nfe", "2", "--spacing", "schedule",
     ]))
     assert [(r["sampler"], r["spacing"]) for r in rows] == [("dpmpp_2m", "schedule")]
+
+
+def test_new_samplers_fit_the_budget_and_rows_record_the_label_mix(tiny_run):
+    """Restart's cost depends on its options (K = 1 restart of the conf's N = 4 Heun steps: 8 evaluations), so its
+    steps for a budget of 21 are (21 + 1 - 8) // 2 = 7; the one-evaluation samplers take 21 steps."""
+    rows = sampler_fid.run(sampler_fid.build_parser().parse_args([
+        str(tiny_run.ckpt), "--n", "4", "--kid-subsets", "2", "--samplers", "restart", "ipndm", "dpmpp_3m_sde", "--nfe", "21",
+        "--options", "restart_times=1",
+    ]))
+    assert sampler_fid.steps_at_nfe("restart", 18, {}) is None  # K = 2, N = 4: 16 evaluations, and 2 levels at least
+    assert [(r["sampler"], r["steps"], r["nfe"], r["labels"]) for r in rows] == [
+        ("restart restart_times=1", 7, 21, "data"), ("ipndm", 21, 21, "data"), ("dpmpp_3m_sde", 21, 21, "data"),
+    ]
+    info = load_checkpoint(tiny_run.ckpt)["diffusion"]  # train.py stores the training split's class counts
+    assert len(info["class_counts"]) == len(info["class_names"]) and sum(info["class_counts"]) > 0

@@ -168,8 +168,8 @@ def fit_order(steps, errors) -> float:
     return float(-(x * (y - y.mean())).sum() / (x * x).sum())
 
 
-def expected_nfe(name: str, steps: int, final_zero: bool = True) -> int:
+def expected_nfe(name: str, steps: int, final_zero: bool = True, **options) -> int:
     """Denoiser evaluations of a ``Harness.run``: ``model_evaluations``, plus the evaluations a sampler saves on
     the step to 0 (Heun's correction) when the last step does not end at 0."""
     fn = by_name(name)
-    return model_evaluations(fn, steps) + (0 if final_zero else getattr(fn, "evaluations_saved", 0))
+    return model_evaluations(fn, steps, options) + (0 if final_zero else getattr(fn, "evaluations_saved", 0))

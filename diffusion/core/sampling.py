@@ -73,7 +73,7 @@ class Sampler:
 
     @property
     def nfe(self) -> int:
-        return model_evaluations(self.function, self.steps)
+        return model_evaluations(self.function, self.steps, self.options)
 
     def sigmas(self, schedule: Schedule) -> Tensor:
         if self.spacing == "karras":

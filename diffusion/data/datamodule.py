@@ -144,6 +144,14 @@ class SpriteDataModule(L.LightningDataModule):
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return x, labels
 
+    def class_counts(self, split: str = "train") -> list[int]:
+        """Images of each class in a split (the class mix FID samples follow); [] without class labels."""
+        self.setup()
+        labels = (self.val_set if split == "val" else self.train_set).tensors[1]
+        if not self.num_classes:
+            return []
+        return torch.bincount(labels[labels >= 0], minlength=self.num_classes).tolist()
+
     def real_images(self, split: str = "val") -> Tensor:
         """uint8 (N, 3, H, W) images of a split, e.g. the FID reference set."""
         self.setup()

@@ -14,13 +14,15 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from diffusion.core.errors import ConfigError
 from diffusion.evaluation.metrics import ImageQuality, build_feature_net, check_feature_choice, describe, shard
+from diffusion.training.callbacks import LABEL_MIXES, sample_labels
 from diffusion.training.module import DiffusionModule
 from diffusion.core.sampling import Sampler
 
 
 class FIDCallback(L.Callback):
     """Every ``every_n_epochs`` validation epochs (and at the last epoch), draw ``num_samples`` images
-    with a fast ``sampler``, labels cycling over the classes, and log ``val/fid``, ``val/kid_mean``,
+    with a fast ``sampler``, labels in the validation split's class mix (``labels="data"``, the mix of the
+    reference images; ``"uniform"`` cycles over the classes), and log ``val/fid``, ``val/kid_mean``,
     ``val/kid_std`` and ``val/fid_seconds`` (the time the whole measurement took). Each measurement
     is also appended to ``<dirpath>/fid.json`` with the feature network's version, without which an
     FID figure cannot be compared with another.
@@ -30,7 +32,7 @@ class FIDCallback(L.Callback):
     the figure moves only when the model does.
 
     Multi-process runs: each process draws ``num_samples // world_size`` images (noise seeded by
-    ``seed + rank``, labels continuing the global class cycle) and takes its contiguous share of the
+    ``seed + rank``, its contiguous share of the global label sequence) and takes its contiguous share of the
     reference images; every process computes, torchmetrics gathering the states, so every process
     logs the figure one process would get on the same images. The reference statistics are computed
     the first time and kept.
@@ -46,6 +48,8 @@ class FIDCallback(L.Callback):
         seed: noise seed of the generated images.
         batch_size: images sampled per call of the model.
         guidance: classifier-free guidance weight of the samples.
+        labels: "data" draws the labels in the validation split's class proportions (``class_mix``: the same
+            labels every time), "uniform" equally often; fid.json records which.
         features, feature_weights, inception_weights, cache_dir, train_settings: the feature network
             (``metrics.*``; see ``diffusion.evaluation.metrics.build_feature_net``).
         kid_subsets, kid_subset_size: KID's subsets (the size is capped by the image counts).
@@ -60,6 +64,7 @@ class FIDCallback(L.Callback):
         seed: int = 0,
         batch_size: int = 500,
         guidance: float = 0.0,
+        labels: str = "data",
         features: str = "sprite",
         feature_weights: str | None = None,
         inception_weights: str | None = None,
@@ -73,7 +78,9 @@ class FIDCallback(L.Callback):
             raise ConfigError(f"callbacks.fid.num_samples={num_samples} must be an integer >= 2")
         if not (isinstance(batch_size, int) and batch_size >= 1):
             raise ConfigError(f"callbacks.fid.batch_size={batch_size} must be a positive integer")
-        self.dirpath = Path(dirpath)
+        if labels not in LABEL_MIXES:
+            raise ConfigError(f"callbacks.fid.labels={labels!r} must be one of {', '.join(LABEL_MIXES)}")
+        self.dirpath, self.labels = Path(dirpath), labels
         self.sampler = sampler or Sampler("dpmpp_2m", steps=20, spacing="karras")
         self.num_samples, self.every_n_epochs, self.seed = num_samples, every_n_epochs, seed
         self.batch_size, self.guidance = batch_size, guidance
@@ -97,6 +104,9 @@ class FIDCallback(L.Callback):
             raise ConfigError("the fid callback needs the run's data module (a SpriteDataModule) for its reference images")
         if self.num_samples // trainer.world_size < 1:
             raise ConfigError(f"callbacks.fid.num_samples={self.num_samples} leaves no samples for each of {trainer.world_size} processes")
+        if self.labels == "data" and getattr(datamodule, "num_classes", 0) and not hasattr(datamodule, "class_counts"):
+            # Said before training starts, not at the first measurement.
+            raise ConfigError("callbacks.fid.labels=data needs the data module's class_counts; use callbacks.fid.labels=uniform")
         reason = self.unavailable(datamodule, trainer.world_size)
         if reason is not None:  # the same decision on every process: the data are the same
             rank_zero_warn(f"FID is off for this run: {reason}")
@@ -107,7 +117,10 @@ class FIDCallback(L.Callback):
         self.version = self.quality.version
         if trainer.is_global_zero:
             # the version beside the figures: hparams.yaml, TensorBoard's hparams, the W&B config
-            hparams = {"fid_features": self.version, "fid_num_samples": self.num_samples, "fid_sampler": repr(self.sampler)}
+            hparams = {
+                "fid_features": self.version, "fid_num_samples": self.num_samples, "fid_sampler": repr(self.sampler),
+                "fid_labels": self.labels,
+            }
             for logger in trainer.loggers:
                 logger.log_hyperparams(hparams)
 
@@ -200,10 +213,13 @@ class FIDCallback(L.Callback):
         per_rank = self.num_samples // world
         generator = torch.Generator().manual_seed(self.seed + rank)
         first = rank * per_rank
+        datamodule = trainer.datamodule
+        wants_counts = self.labels == "data" and pl_module.num_classes and hasattr(datamodule, "class_counts")
+        counts = datamodule.class_counts("val") if wants_counts else None
+        all_labels = sample_labels(self.num_samples, pl_module.num_classes, counts, self.labels)
         for offset in range(0, per_rank, self.batch_size):
             count = min(self.batch_size, per_rank - offset)
-            index = torch.arange(first + offset, first + offset + count)
-            labels = index % pl_module.num_classes if pl_module.num_classes else None
+            labels = all_labels[first + offset : first + offset + count] if all_labels is not None else None
             x = pl_module.sample(count, labels=labels, sampler=self.sampler, guidance=self.guidance, generator=generator)
             self.quality.update_fake(x)
         result = self.quality.compute()
@@ -218,12 +234,13 @@ class FIDCallback(L.Callback):
             **{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in result.items()},
             "sampler": repr(self.sampler),
             "features": self.version,
+            "labels": self.labels,
         }
         entry["seconds"] = round(entry["seconds"], 2)
         self.history.append(entry)
         rank_zero_info(f"epoch {trainer.current_epoch}: {describe(result, self.version)}, {entry['seconds']} s")
         self.dirpath.mkdir(parents=True, exist_ok=True)
-        payload = {"features": self.version, "num_samples": self.num_samples, "history": self.history}
+        payload = {"features": self.version, "num_samples": self.num_samples, "labels": self.labels, "history": self.history}
         tmp = self.history_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
         tmp.replace(self.history_path)

@@ -11,7 +11,7 @@ from rich.progress import Progress
 
 from diffusion.data import images
 from diffusion.training.builders import build_sampler, module_from_checkpoint
-from diffusion.training.callbacks import class_cycle
+from diffusion.training.callbacks import class_cycle, sample_labels
 from diffusion.training.checkpoints import load_checkpoint
 from diffusion.core.errors import ConfigError
 from diffusion.training.module import DiffusionModule
@@ -19,7 +19,8 @@ from diffusion.training.precision import sampling_in_bf16
 
 
 def parse_labels(label, n: int, module: DiffusionModule) -> torch.Tensor | None:
-    """``label``: None cycles through the classes, "uncond" is the null class, else a class name or index."""
+    """``label``: None cycles through the classes, "uncond" is the null class, "data" follows the training data's
+    class mix (the counts the checkpoint stores), else a class name or index (a class named "data" wins)."""
     classes = module.class_names
     if module.num_classes == 0:
         if label not in (None, "uncond"):
@@ -27,6 +28,8 @@ def parse_labels(label, n: int, module: DiffusionModule) -> torch.Tensor | None:
         return None
     if label is None:
         return class_cycle(n, module.num_classes)
+    if str(label) == "data" and "data" not in classes:
+        return sample_labels(n, module.num_classes, module.class_counts, "data")
     if str(label) == "uncond":
         return torch.full((n,), module.num_classes, dtype=torch.long)
     if str(label) in classes:
@@ -34,7 +37,10 @@ def parse_labels(label, n: int, module: DiffusionModule) -> torch.Tensor | None:
     elif str(label).lstrip("-").isdigit() and 0 <= int(label) < module.num_classes:
         index = int(label)
     else:
-        raise ConfigError(f"label={label} is not a class of this model; choose one of {', '.join(classes)} or 0..{module.num_classes - 1}")
+        raise ConfigError(
+            f"label={label} is not a class of this model; choose one of {', '.join(classes)}, "
+            f"0..{module.num_classes - 1}, data (the training data's class mix) or uncond"
+        )
     return torch.full((n,), index, dtype=torch.long)
 
 

@@ -4,7 +4,8 @@
                                          [--full-ddpm] [--collapse] [--floor] [--json out.json]
 
 Every sampler starts from the same noise (one seed) and the same class labels, so the figures
-differ only by the sampler. The reference set, the feature network and its version are those the
+differ only by the sampler; the labels follow the reference's (validation split's) class mix unless
+``--labels uniform``. The reference set, the feature network and its version are those the
 model was trained with (the checkpoint's own config), as in the FID logged during training.
 ``--floor`` adds the figure of n real training images against the same reference: the best a
 model can score with n samples. ``--collapse`` adds DDPM over all T steps without the added noise
@@ -24,13 +25,13 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from diffusion.training.builders import module_from_checkpoint, sampler_from_conf, sampler_names
-from diffusion.training.callbacks import class_cycle
+from diffusion.training.callbacks import LABEL_MIXES, sample_labels
 from diffusion.training.checkpoints import load_checkpoint
 from diffusion.tools.cli import reports_user_errors
 from diffusion.core.errors import ConfigError
 from diffusion.evaluation.metrics import ImageQuality, build_feature_net
 from diffusion.training.precision import sampling_in_bf16
-from diffusion.core.samplers.common import steps_for_nfe
+from diffusion.core.samplers.common import model_evaluations, steps_for_nfe
 from diffusion.core.sampling import Sampler
 
 def sampler_for(name: str, steps: int, options: dict | None = None, spacing: str = "auto") -> Sampler:
@@ -62,15 +63,26 @@ def options_for(name: str, options: dict[str, float]) -> dict[str, float]:
     return {key: value for key, value in options.items() if key in accepted}
 
 
+def steps_at_nfe(name: str, nfe: int, options: dict) -> int | None:
+    """Noise levels giving at most ``nfe`` evaluations with the config's options and ``options`` (Restart's cost
+    depends on its restart_times and restart_steps), or None where even its least run costs more."""
+    sampler = sampler_from_conf(name, **options)
+    steps = steps_for_nfe(sampler.function, nfe, sampler.options)
+    least = getattr(sampler.function, "least_steps", 1)  # Restart needs a positive level to restart from
+    return steps if steps >= least and model_evaluations(sampler.function, steps, sampler.options) <= nfe else None
+
+
 def row_label(name: str, options: dict) -> str:
     if options.get("add_noise") is False:
         return f"{name} (z=0)"
     return name + "".join(f" {key}={value:g}" for key, value in options.items())
 
 
-def sample_images(module, sampler: Sampler, n: int, seed: int, batch_size: int, bf16: bool = False) -> torch.Tensor:
+def sample_images(
+    module, sampler: Sampler, n: int, seed: int, batch_size: int, bf16: bool = False, labels: torch.Tensor | None = None
+) -> torch.Tensor:
+    """n images from one seed; ``labels`` (n of them, or None for unconditional models) as ``sample_labels`` draws."""
     generator = torch.Generator().manual_seed(seed)
-    labels = class_cycle(n, module.num_classes)
     chunks = []
     for start in range(0, n, batch_size):
         chunk_labels = labels[start : start + batch_size] if labels is not None else None
@@ -95,9 +107,19 @@ def run(args: argparse.Namespace) -> list[dict]:
     )
     quality = ImageQuality(feature, kid_subsets=args.kid_subsets)
     quality.update_real(datamodule.real_images("val"))
+    # Labels in the reference's (the validation split's) class mix by default, as the FID logged during training.
+    counts = datamodule.class_counts("val") if args.labels == "data" and module.num_classes else None
+    labels = sample_labels(args.n, module.num_classes, counts, args.labels)
 
     full_steps = getattr(module.schedule, "T", 500)
-    plan = [(name, steps_for_nfe(sampler_from_conf(name).function, nfe), options_for(name, options), args.spacing) for nfe in args.nfe for name in args.samplers]
+    plan = []
+    for nfe in args.nfe:
+        for name in args.samplers:
+            steps = steps_at_nfe(name, nfe, options_for(name, options))
+            if steps is None:
+                print(f"{name}: skipped at NFE {nfe}, below the cost of its shortest run", flush=True)
+            else:
+                plan.append((name, steps, options_for(name, options), args.spacing))
     if args.full_ddpm:
         plan.append(("ddpm", full_steps, {}, "schedule"))
     if args.collapse:
@@ -118,14 +140,14 @@ def run(args: argparse.Namespace) -> list[dict]:
         sampler = sampler_for(name, steps, options, spacing)
         label = row_label(name, options)
         start = time.perf_counter()
-        images = sample_images(module, sampler, args.n, args.seed, args.batch_size, bf16)
+        images = sample_images(module, sampler, args.n, args.seed, args.batch_size, bf16, labels)
         seconds = time.perf_counter() - start
         quality.update_fake(images)
         result = quality.compute()
         quality.reset_fake()
         row = {"sampler": label, "steps": steps, "nfe": sampler.nfe, "spacing": sampler.spacing, "fid": result["fid"], "kid": result["kid_mean"],
                "sampling_seconds": round(seconds, 2), "n": args.n, "features": quality.version,
-               "precision": "bf16" if bf16 else "32"}
+               "precision": "bf16" if bf16 else "32", "labels": args.labels}
         rows.append(row)
         print(f"{label:{width}} {steps:5d} {sampler.nfe:5d} {row['fid']:9.3f} {row['kid']:9.5f} {seconds:8.1f}", flush=True)
     if args.json:
@@ -150,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the network in float32 (the tables in BENCHMARKS.md) or under bf16 autocast")
     parser.add_argument("--n", type=int, default=1000, help="samples per figure")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--labels", default="data", choices=LABEL_MIXES,
+                        help="the samples' class labels: the validation split's class mix (as in training's FID) or uniform")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--kid-subsets", type=int, default=100)
     parser.add_argument("--json", help="also write the rows here")

@@ -80,7 +80,8 @@ def train(cfg: DictConfig) -> float:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    module = build_module(cfg, datamodule.num_classes, datamodule.image_size, datamodule.class_names)
+    counts = datamodule.class_counts("train") if hasattr(datamodule, "class_counts") else None  # a user's data module may lack it
+    module = build_module(cfg, datamodule.num_classes, datamodule.image_size, datamodule.class_names, counts)
     if ckpt_path is not None:
         check_compatible(module, load_checkpoint(ckpt_path)["state_dict"], ckpt_path)
     apply_speed_options(module.denoiser.net, cfg.training.get("channels_last", False), cfg.training.get("compile", False))

@@ -59,15 +59,18 @@ def apply_speed_options(net: torch.nn.Module, channels_last: bool = False, compi
         net.compile()
 
 
-def build_module(cfg: DictConfig, num_classes: int, image_size: int, class_names: list[str]) -> DiffusionModule:
+def build_module(
+    cfg: DictConfig, num_classes: int, image_size: int, class_names: list[str], class_counts: list[int] | None = None
+) -> DiffusionModule:
     """The DiffusionModule a run config describes (its ``module`` node, whose parts interpolate the ``model``,
     ``schedule``, ``objective``, ``optimizer`` and ``sampler`` groups); the data decides the class count and image
-    size."""
+    size, and its class counts travel in the checkpoint."""
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # plain data for the checkpoint
     check_optimizer(config["optimizer"])
     node = OmegaConf.create(config["module"])
     module = instantiate(node, net={"num_classes": num_classes, "image_size": image_size}, class_names=list(class_names))
     module.config = config
+    module.class_counts = list(class_counts) if class_counts is not None else None
     return module
 
 
@@ -156,6 +159,6 @@ def module_from_checkpoint(checkpoint: dict[str, Any], trust: tuple[str, ...] | 
     plain = OmegaConf.to_container(cfg, resolve=True)
     for key in BUILT_FROM_CONFIG:
         check_checkpoint_targets(plain.get(key), key, tuple(trust or ()))
-    module = build_module(cfg, len(info["class_names"]), info["image_size"], info["class_names"])
+    module = build_module(cfg, len(info["class_names"]), info["image_size"], info["class_names"], info.get("class_counts"))
     module.load_state_dict(checkpoint["state_dict"])
     return module

@@ -63,6 +63,7 @@ class DiffusionModule(L.LightningModule):
         self.max_nonfinite_steps, self.nonfinite_steps = max_nonfinite_steps, 0
         self.validated_at_step = -1
         self.class_names = list(class_names or [])
+        self.class_counts: list[int] | None = None  # training images per class, set by builders.build_module
         self.config = config or {}
 
     @property
@@ -138,8 +139,12 @@ class DiffusionModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def checkpoint_info(self) -> dict[str, Any]:
-        """What ``builders.module_from_checkpoint`` needs besides the weights."""
-        return {"config": self.config, "class_names": self.class_names, "image_size": self.image_size}
+        """What ``builders.module_from_checkpoint`` needs besides the weights, and the training data's class counts
+        (``sample.py label=data``; checkpoints from before them load without)."""
+        info = {"config": self.config, "class_names": self.class_names, "image_size": self.image_size}
+        if self.class_counts is not None:
+            info["class_counts"] = list(self.class_counts)
+        return info
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["diffusion"] = self.checkpoint_info()

@@ -9,7 +9,9 @@ this package (or anywhere importable) plus one file in ``conf/sampler/`` naming 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -33,26 +35,44 @@ def notify(callback: Callback, i: int, x: Tensor, denoised: Tensor) -> None:
         callback(i, x, denoised)
 
 
-def evaluations(per_step: int = 1, saved: int = 0) -> Callable[[Callable], Callable]:
+def evaluations(
+    per_step: int = 1, saved: int = 0, extra: Callable[..., int] | None = None
+) -> Callable[[Callable], Callable]:
     """Declare a sampler's cost: ``per_step`` denoiser evaluations a noise level, ``saved`` fewer in all (Heun
-    skips its correction on the step to 0: 2n - 1). Samplers without it cost one evaluation a level."""
+    skips its correction on the step to 0: 2n - 1), and ``extra(**options)`` more, for a cost that depends on
+    the sampler's keyword options (Restart's K restarts of N Heun steps: 2KN). Samplers without it cost one
+    evaluation a level."""
 
     def mark(fn: Callable) -> Callable:
-        fn.evaluations_per_step, fn.evaluations_saved = per_step, saved
+        fn.evaluations_per_step, fn.evaluations_saved, fn.evaluations_extra = per_step, saved, extra
         return fn
 
     return mark
 
 
-def model_evaluations(fn: Callable, steps: int) -> int:
-    """Number of denoiser evaluations (NFE) sampler ``fn`` spends for ``steps`` noise levels."""
-    return getattr(fn, "evaluations_per_step", 1) * steps - getattr(fn, "evaluations_saved", 0)
+def extra_evaluations(fn: Callable, options: Mapping[str, Any] | None = None) -> int:
+    """The option-dependent part of a sampler's cost, with its keyword defaults filled in from its signature."""
+    extra = getattr(fn, "evaluations_extra", None)
+    if extra is None:
+        return 0
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.kind is p.KEYWORD_ONLY and p.default is not p.empty
+    }
+    return int(extra(**{**defaults, **(options or {})}))
 
 
-def steps_for_nfe(fn: Callable, nfe: int) -> int:
+def model_evaluations(fn: Callable, steps: int, options: Mapping[str, Any] | None = None) -> int:
+    """Number of denoiser evaluations (NFE) sampler ``fn`` spends for ``steps`` noise levels and ``options``."""
+    fixed = getattr(fn, "evaluations_per_step", 1) * steps - getattr(fn, "evaluations_saved", 0)
+    return fixed + extra_evaluations(fn, options)
+
+
+def steps_for_nfe(fn: Callable, nfe: int, options: Mapping[str, Any] | None = None) -> int:
     """The inverse of ``model_evaluations``: noise levels giving at most ``nfe`` evaluations (at least one)."""
     per_step, saved = getattr(fn, "evaluations_per_step", 1), getattr(fn, "evaluations_saved", 0)
-    return max((nfe + saved) // per_step, 1)
+    return max((nfe + saved - extra_evaluations(fn, options)) // per_step, 1)
 
 
 def stochastic(fn: Callable) -> Callable:
