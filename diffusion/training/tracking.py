@@ -164,6 +164,12 @@ def _wandb_runs(trainer: L.Trainer) -> list:
     return [logger.experiment for logger in trainer.loggers if isinstance(logger, WandbLogger)]
 
 
+def _logged_step(trainer: L.Trainer) -> int:
+    """The step Lightning's loggers write a validation figure at (``trainer/global_step`` of W&B's charts): the
+    optimizer steps done less one during fit (Lightning's count of batches stepped), not ``trainer.global_step``."""
+    return int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))
+
+
 # -- during training ---------------------------------------------------------------------------------------
 class RunTracker(L.Callback):
     """Hands ``hparams`` to every logger when training starts, appends the losses and ``val/fid`` to
@@ -174,6 +180,7 @@ class RunTracker(L.Callback):
     def __init__(self, hparams: dict[str, Any], run_dir: str | Path):
         self.hparams, self.run_dir = hparams, Path(run_dir)
         self.best: tuple[float, int] | None = None
+        self.validated_at: int | None = None  # a resumed run validates its checkpoint's step again: kept once
 
     @property
     def history_path(self) -> Path:
@@ -192,8 +199,10 @@ class RunTracker(L.Callback):
         # The step of a resumed checkpoint is restored by now (it is not yet at on_fit_start).
         if trainer.is_global_zero and self.history_path.is_file():
             lines = self.history_path.read_text().splitlines()
-            kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= trainer.global_step]
-            self.history_path.write_text("".join(line + "\n" for line in kept))
+            kept = [json.loads(line) for line in lines if line.strip()]
+            kept = [entry for entry in kept if entry["step"] <= trainer.global_step]
+            self.history_path.write_text("".join(json.dumps(entry) + "\n" for entry in kept))
+            self.validated_at = max((e["step"] for e in kept if "val/loss" in e or "val/fid" in e), default=None)
 
     def _append(self, entry: dict[str, Any]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -215,16 +224,17 @@ class RunTracker(L.Callback):
                 self._append({"step": trainer.global_step, **found})
 
     def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking or not trainer.is_global_zero or self.validated_at == trainer.global_step:
             return
+        self.validated_at = trainer.global_step
         entry = {"step": trainer.global_step, **self._scalars(trainer, ("val/loss", "val/loss_epoch"))}
         fid = self._fid_measured_now(trainer)
         if fid is not None:
             entry["val/fid"] = fid
             if self.best is None or fid < self.best[0]:
-                self.best = (fid, trainer.global_step)
+                self.best = (fid, _logged_step(trainer))
                 for run in _wandb_runs(trainer):
-                    run.summary["val/fid_best_step"] = trainer.global_step
+                    run.summary["val/fid_best_step"] = self.best[1]
         if len(entry) > 1:
             self._append(entry)
 
