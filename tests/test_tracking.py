@@ -234,3 +234,31 @@ def test_sweep_with_every_logger_then_resume(tmp_path):
     assert steps == list(range(1, 9))
     val_steps = [json.loads(line)["step"] for line in (out / "0" / "history.jsonl").read_text().splitlines() if "val/" in line]
     assert val_steps == sorted(set(val_steps))
+
+
+def test_final_grid_and_opt_in_export_artifact_reach_wandb(tmp_path, offline_wandb):
+    from types import SimpleNamespace
+
+    import numpy as np
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    from diffusion.data import images
+    from diffusion.training.tracking import finish_run, finish_wandb
+
+    images.save_png(np.zeros((18, 18, 3), dtype=np.uint8), tmp_path / "samples" / "final.png")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "final.safetensors").write_bytes(b"weights")
+    kinds = []
+    for artifact in (False, True):
+        logger = WandbLogger(project="test", save_dir=str(tmp_path / str(artifact)), mode="offline")
+        trainer = SimpleNamespace(callbacks=[], loggers=[logger], global_step=3)
+        finish_run(trainer, {"val/fid": 2.0}, tmp_path, artifact=artifact)
+        finish_wandb()
+        wandb.teardown()  # the service writes the file until torn down
+        (run_file,) = (tmp_path / str(artifact)).glob("wandb/offline-run-*/run-*.wandb")
+        records = wandb_records(run_file)
+        kinds.append([r.artifact.type for r in records if r.WhichOneof("record_type") == "artifact"])
+        logged = {"/".join(i.nested_key) or i.key for r in records if r.WhichOneof("record_type") == "history" for i in r.history.item}
+        assert any(key.startswith("samples/final") for key in logged)
+    assert kinds == [[], ["model"]]
