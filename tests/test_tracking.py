@@ -262,3 +262,45 @@ def test_final_grid_and_opt_in_export_artifact_reach_wandb(tmp_path, offline_wan
         logged = {"/".join(i.nested_key) or i.key for r in records if r.WhichOneof("record_type") == "history" for i in r.history.item}
         assert any(key.startswith("samples/final") for key in logged)
     assert kinds == [[], ["model"]]
+
+
+def test_resumed_tensorboard_curve_has_each_step_once(tmp_path):
+    """An interrupted process logged steps 0-5 but its checkpoint holds step 3: the resumed run's steps 3-4 replace
+    the old ones (TensorBoard's purge_step), as TensorBoard reads the run."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from diffusion.training.tracking import RunTracker
+
+    first = TensorBoardLogger(str(tmp_path), name="tensorboard", version="")
+    for step in range(6):
+        first.log_metrics({"train/loss": 1.0}, step)
+    first.finalize("failed")
+
+    resumed = TensorBoardLogger(str(tmp_path), name="tensorboard", version="")
+    tracker = RunTracker({"seed": 0}, tmp_path)
+    tracker.on_load_checkpoint(None, None, {"global_step": 3})
+    tracker.on_fit_start(SimpleNamespace(is_global_zero=True, loggers=[resumed]), None)
+    for step in (3, 4):
+        resumed.log_metrics({"train/loss": 2.0}, step)
+    resumed.finalize("success")
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(0, 1.0), (1, 1.0), (2, 1.0), (3, 2.0), (4, 2.0)]
+
+
+def test_a_continued_optuna_search_draws_new_startup_trials(tmp_path):
+    import optuna
+
+    from diffusion.tools.cli import optuna_seed
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert optuna_seed(1234, storage, "s") == 1234  # no study yet
+    study = optuna.create_study(study_name="s", storage=storage)
+    for value in (1.0, 2.0):
+        study.tell(study.ask(), value)
+    assert optuna_seed(1234, storage, "s") == 1236
+    assert optuna_seed(1234, None, "s") == 1234

@@ -181,15 +181,24 @@ class RunTracker(L.Callback):
         self.hparams, self.run_dir = hparams, Path(run_dir)
         self.best: tuple[float, int] | None = None
         self.validated_at: int | None = None  # a resumed run validates its checkpoint's step again: kept once
+        self.resumed_step = 0
 
     @property
     def history_path(self) -> Path:
         return self.run_dir / HISTORY_FILE
 
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self.resumed_step = int(checkpoint.get("global_step", 0))
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Before Lightning writes the loggers' hparams.yaml (after on_fit_start), so the files hold them too.
         if not trainer.is_global_zero:
             return
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger) and self.resumed_step and logger._experiment is None:
+                # TensorBoard's own answer to a resumed run: events an interrupted process wrote past the checkpoint
+                # are dropped on reading (SummaryWriter's purge_step), so no step shows twice.
+                logger._kwargs["purge_step"] = self.resumed_step
         for logger in trainer.loggers:
             logger.log_hyperparams(self.hparams)
         for run in _wandb_runs(trainer):
