@@ -1,7 +1,7 @@
 """Pictures of a finished run: loss curves, FID over training, and the sample grids over epochs.
 
-``plot_run(run_dir)`` reads what a run leaves behind (``csv/metrics.csv`` of Lightning's CSVLogger,
-``fid.json``, ``samples/epoch_*.png``) and writes ``plots/loss.png``, ``plots/fid.png`` (when FID was
+``plot_run(run_dir)`` reads what a run leaves behind (``history.jsonl``, which train.py keeps whatever the
+loggers, else ``csv/metrics.csv`` of Lightning's CSVLogger; ``fid.json``; ``samples/epoch_*.png``) and writes ``plots/loss.png``, ``plots/fid.png`` (when FID was
 measured) and ``plots/samples_over_epochs.png``. Missing inputs are skipped, so it is safe to call
 at the end of any run. Matplotlib draws off-screen through the Agg canvas, without pyplot's global
 state. Also runnable: ``python -m diffusion.evaluation.plots RUN_DIR``.
@@ -41,6 +41,41 @@ def read_metrics(path: str | Path) -> dict[str, list[tuple[float, float]]]:
                 if math.isfinite(value) and math.isfinite(step):
                     series.setdefault(key, []).append((step, value))
     return series
+
+
+def read_history(path: str | Path) -> dict[str, list[tuple[float, float]]]:
+    """``history.jsonl`` of ``training.tracking.RunTracker`` (one JSON object a line) as {name: [(step, value)]}."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for line in Path(path).read_text().splitlines():
+        entry = json.loads(line) if line.strip() else {}
+        for key, value in entry.items():
+            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                series.setdefault(key, []).append((float(entry["step"]), float(value)))
+    return series
+
+
+def read_fid(path: str | Path) -> tuple[dict[str, list[tuple[float, float]]], str | None]:
+    """``fid.json`` of the FID callback as ({"val/fid": [(step, fid)], "val/kid_mean": ...}, feature version)."""
+    try:
+        payload = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}, None
+    series: dict[str, list[tuple[float, float]]] = {}
+    for entry in payload.get("history", []):
+        for key in ("fid", "kid_mean"):
+            if isinstance(entry.get(key), (int, float)):
+                series.setdefault(f"val/{key}", []).append((float(entry["step"]), float(entry[key])))
+    return series, payload.get("features")
+
+
+def run_series(run_dir: Path) -> tuple[dict[str, list[tuple[float, float]]], str | None]:
+    """A run's curves from the files every run writes (history.jsonl, fid.json), else from csv/metrics.csv."""
+    history, csv_path = run_dir / "history.jsonl", run_dir / "csv" / "metrics.csv"
+    series = read_history(history) if history.is_file() else read_metrics(csv_path) if csv_path.is_file() else {}
+    fid, version = read_fid(run_dir / "fid.json")
+    for key, points in fid.items():  # the FID callback's own record is complete even where history is not
+        series[key] = points
+    return series, version
 
 
 def _first(series: dict, names: tuple[str, ...]):
@@ -171,18 +206,55 @@ def plot_run(run_dir: str | Path, ncols: int = 8) -> list[Path]:
     run_dir = Path(run_dir)
     out = run_dir / "plots"
     written: list[Path | None] = []
-    csv_path = run_dir / "csv" / "metrics.csv"
-    series = read_metrics(csv_path) if csv_path.is_file() else {}
-    version = None
-    if (run_dir / "fid.json").is_file():
-        try:
-            version = json.loads((run_dir / "fid.json").read_text()).get("features")
-        except (OSError, ValueError):
-            version = None
+    series, version = run_series(run_dir)
     written.append(plot_loss(series, out / "loss.png"))
     written.append(plot_fid(series, out / "fid.png", version))
     written.append(plot_samples(run_dir / "samples", out / "samples_over_epochs.png", ncols=ncols))
     return [p for p in written if p is not None]
+
+
+def _as_number(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def plot_sweep(rows: list[dict], swept: list[str], metric: str, path: Path, sweep_dir: Path) -> Path | None:
+    """One picture of a sweep: each trial's FID curve (left), then ``metric`` at the end of each trial against
+    each swept parameter (a log axis for numbers spanning a decade or more, categories in order of appearance)."""
+    finals = [(row, _as_number(row.get(metric))) for row in rows]
+    finals = [(row, value) for row, value in finals if value is not None and value < 1e9]  # 1e9: a failed trial
+    if not finals:
+        return None
+    fig = _figure(4.0 * (1 + len(swept)), 3.6)
+    axes = fig.subplots(1, 1 + len(swept), squeeze=False)[0]
+    for row, _ in finals:
+        fid = run_series(sweep_dir / str(row["job"]))[0].get("val/fid")
+        if fid:
+            steps, values = np.array(fid).T
+            axes[0].plot(steps, values, "o-", ms=3, lw=1.2, label=f"job {row['job']}")
+    axes[0].set(xlabel="step", ylabel="FID", title="FID during training")
+    axes[0].grid(alpha=0.3)
+    if len(finals) <= 12 and axes[0].get_lines():
+        axes[0].legend(fontsize=7)
+    for ax, key in zip(axes[1:], swept):
+        values = [row.get(key) for row, _ in finals]
+        numbers = [_as_number(v) for v in values]
+        if all(n is not None for n in numbers):
+            ax.scatter(numbers, [v for _, v in finals], color="tab:green")
+            if min(numbers) > 0 and max(numbers) / min(numbers) >= 10:
+                ax.set_xscale("log")
+        else:
+            categories = list(dict.fromkeys(str(v) for v in values))
+            ax.scatter([categories.index(str(v)) for v in values], [v for _, v in finals], color="tab:green")
+            ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
+        ax.set(xlabel=key, ylabel=f"final {metric}")
+        ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
 
 
 if __name__ == "__main__":

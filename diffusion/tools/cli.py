@@ -21,6 +21,23 @@ def wandb_mode() -> str:
 OmegaConf.register_new_resolver("wandb_mode", wandb_mode, replace=True)
 
 
+def optuna_seed(seed: int, storage: str | None, study_name: str) -> int:
+    """The sampler seed of an Optuna search moved on by the trials its study already holds, so that a continued
+    search (the same command on the same sqlite storage) draws new start-up trials instead of the first
+    session's again; the same study state always gives the same seed."""
+    if not storage:
+        return int(seed)
+    import optuna
+
+    try:
+        return int(seed) + len(optuna.load_study(study_name=study_name, storage=storage).trials)
+    except KeyError:  # no such study yet
+        return int(seed)
+
+
+OmegaConf.register_new_resolver("optuna_seed", optuna_seed, replace=True)
+
+
 def _user_error(err: BaseException) -> str | None:
     """The one-line message of a user error, looking through the wrappers Hydra puts around it."""
     seen = err

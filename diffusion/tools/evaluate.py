@@ -64,6 +64,7 @@ def evaluate(cfg) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     from diffusion.evaluation.metrics import INCEPTION_VERSION, check_feature_choice, describe, fidelity_metrics, inception_weights_path
+    from diffusion.tools.records import log_evaluation, save_config
 
     start = time.perf_counter()
     sprite = check_feature_choice(cfg.metrics.features) == "sprite"
@@ -124,9 +125,15 @@ def evaluate(cfg) -> dict[str, Any]:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
+    written = [out, save_config(cfg, out.with_name(f"{out.stem}_config.yaml"), samples_path=str(samples_path.resolve()))]
     keys = ("fid", "kid_mean", "kid_std", "precision", "recall", "isc_mean")
     print(f"{len(samples)} samples vs {len(reference)} {cfg.reference} images: {describe(figures, version, keys)}")
-    print(f"wrote {out}")
+    print("wrote " + ", ".join(str(p) for p in written))
+    folder = samples_path if samples_path.is_dir() else samples_path.parent
+    pictures = [folder / "grid.png", folder / "final.png", folder / "trajectory.gif"]
+    logged = log_evaluation(cfg, report, samples_path, pictures)
+    if logged:
+        print(f"logged to W&B: {logged}")
     return report
 
 

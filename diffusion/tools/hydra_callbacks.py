@@ -1,9 +1,11 @@
-"""Hydra callbacks: a guard that runs before Hydra writes into a run directory, and a multirun summary."""
+"""Hydra callbacks: a guard that runs before Hydra writes into a run directory, a multirun summary (table,
+ready-to-run command of the best trial, picture), and the end of each job's W&B run."""
 
 from __future__ import annotations
 
 import csv
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,26 @@ def collect_runs(sweep_dir: Path) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"job": job_dir.name}
         row.update(dict(o.split("=", 1) for o in overrides if "=" in o))
         row.update(json.loads(metrics_file.read_text()))
+        row["command"] = shlex.join(["python", "train.py", *overrides])
         rows.append(row)
     return rows
+
+
+def swept_keys(rows: list[dict[str, Any]], sweep_dir: Path) -> list[str]:
+    """The overrides whose values differ between the jobs: what the sweep varied."""
+    keys: list[str] = []
+    for job in {str(row["job"]) for row in rows}:
+        overrides_file = sweep_dir / job / ".hydra" / "overrides.yaml"
+        if overrides_file.exists():
+            keys += [o.split("=", 1)[0] for o in OmegaConf.load(overrides_file) if "=" in o]
+    keys = list(dict.fromkeys(sorted(keys)))
+    return [k for k in keys if len({str(row.get(k)) for row in rows}) > 1]
+
+
+def best_row(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
+    """The finished job with the lowest ``metric`` (train.py's figures are all lower-is-better)."""
+    scored = [row for row in rows if isinstance(row.get(metric), (int, float)) and "failed" not in row]
+    return min(scored, key=lambda row: row[metric]) if scored else None
 
 
 def write_summary(rows: list[dict[str, Any]], path: Path) -> None:
@@ -45,7 +65,14 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 class SweepSummary(Callback):
-    """At the end of a multirun, write <sweep dir>/summary.csv and print the same table."""
+    """At the end of a multirun, write <sweep dir>/summary.csv (one row a job, with the command that reruns it),
+    print the table and the best job's command, and draw <sweep dir>/sweep.png: each job's FID curve and the
+    final ``optimized_metric`` against each swept parameter."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # An Optuna study in sqlite:///<sweep dir>/optuna.db is opened before Hydra creates the sweep directory.
+        if str(config.hydra.sweeper.get("storage") or "").startswith("sqlite:///"):
+            Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -54,7 +81,34 @@ class SweepSummary(Callback):
             print(f"sweep summary: no finished runs under {sweep_dir}")
             return
         write_summary(rows, sweep_dir / "summary.csv")
-        print(f"sweep summary ({len(rows)} runs), also in {sweep_dir / 'summary.csv'}:\n{format_table(rows)}")
+        table = format_table([{k: v for k, v in row.items() if k != "command"} for row in rows])
+        print(f"sweep summary ({len(rows)} runs), also in {sweep_dir / 'summary.csv'}:\n{table}")
+        metric = str(config.get("optimized_metric", "val/fid"))
+        best = best_row(rows, metric)
+        if best is not None:
+            (sweep_dir / "best_command.txt").write_text(best["command"] + "\n")
+            print(f"best job {best['job']} ({metric} {best[metric]:.4g}):\n  {best['command']}")
+        try:
+            from diffusion.evaluation.plots import plot_sweep
+
+            picture = plot_sweep(rows, swept_keys(rows, sweep_dir), metric, sweep_dir / "sweep.png", sweep_dir)
+        except Exception as err:  # noqa: BLE001 - a picture must never fail a finished sweep
+            print(f"warning: sweep picture not written: {err}", file=sys.stderr)
+        else:
+            if picture is not None:
+                print(f"sweep picture: {picture}")
+
+
+class FinishWandbRun(Callback):
+    """Close the job's W&B run when the job ends, marked failed (exit code 1) when the job raised: without it
+    every job of a sweep would log into the first job's run."""
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        from diffusion.training.tracking import finish_wandb
+
+        finish_wandb(0 if job_return.status == JobStatus.COMPLETED else 1)
 
 
 class RunDirectoryGuard(Callback):

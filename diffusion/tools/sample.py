@@ -16,6 +16,7 @@ from diffusion.training.checkpoints import load_checkpoint
 from diffusion.core.errors import ConfigError
 from diffusion.training.module import DiffusionModule
 from diffusion.training.precision import sampling_in_bf16
+from diffusion.tools.records import save_config
 
 
 def parse_labels(label, n: int, module: DiffusionModule) -> torch.Tensor | None:
@@ -93,5 +94,6 @@ def sample_to_folder(cfg: DictConfig) -> Path:
     written = [images.save_npz(pictures, label_array, out / "samples.npz"), images.save_png(images.grid(pictures[:256], ncols=8), out / "grid.png")]
     if frames:
         written.append(images.save_gif(frames, out / "trajectory.gif"))
+    written.append(save_config(cfg, out / "sample_config.yaml", ckpt_path=str(Path(cfg.ckpt).expanduser().resolve()), sampler_used=repr(sampler)))
     print(f"wrote {cfg.n} samples ({sampler}, guidance={cfg.guidance}, {'bf16' if bf16 else 'fp32'}) to: " + ", ".join(str(p) for p in written))
     return out

@@ -21,6 +21,7 @@ from diffusion.training.builders import apply_speed_options, build_module
 from diffusion.training.callbacks import class_cycle
 from diffusion.training.checkpoints import check_compatible, check_run_dir, export_safetensors, load_checkpoint, resolve_ckpt_path
 from diffusion.training.precision import fast_bf16_available
+from diffusion.training import tracking
 
 
 FAILED_VALUE = 1e9
@@ -89,6 +90,8 @@ def train(cfg: DictConfig) -> float:
     callbacks = instantiate_all(cfg.get("callbacks"))
     # The EMA swap-back at the end of validation must come after every callback that samples.
     callbacks.sort(key=lambda cb: isinstance(cb, WeightAveraging))
+    tracking.prepare_wandb(cfg, run_dir)
+    callbacks.append(tracking.RunTracker(tracking.run_hparams(cfg, module, datamodule), run_dir))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.get("logger")) or False)
 
     if trainer.is_global_zero:
@@ -120,6 +123,7 @@ def train(cfg: DictConfig) -> float:
         write_final_samples(module, cfg, run_dir)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         write_plots(run_dir)
+        tracking.finish_run(trainer, metrics, run_dir, artifact=cfg.get("wandb_artifact", False))
         if "failed" in metrics:
             print(f"warning: {metrics['failed']}", file=sys.stderr)
     return value
