@@ -73,7 +73,7 @@ def test_train_leaves_its_artefacts(trained):
     assert len(names) == 3 and names[0].startswith(f"best_{TRAIN_STEPS:07d}_fid_"), names
     assert names[1:] == ["final.safetensors", "last.ckpt"], names
     assert (run / "samples" / "final.png").is_file()
-    assert sorted(p.name for p in (run / "samples").glob("*.png")) == [f"step_{TRAIN_STEPS:07d}.png", "final.png"]
+    assert sorted(p.name for p in (run / "samples").glob("*.png")) == ["final.png", f"step_{TRAIN_STEPS:07d}.png"]
 
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["step"] == TRAIN_STEPS

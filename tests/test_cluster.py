@@ -210,6 +210,7 @@ REQUEUE_TRAIN = [
     "data=sprites",
     "data.val_fraction=0.2",
     f"trainer.max_steps={MAX_STEPS}",
+    "trainer.max_epochs=-1",
     "validation.every_n_steps=6",
     "callbacks.checkpoint.every_n_steps=3",
     "~callbacks.fid",

@@ -95,7 +95,6 @@ class StepCheckpoint(ModelCheckpoint):
             self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
 
-
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.fast_dev_run:  # Lightning's save_last at the end ignores fast_dev_run's "no checkpoints"
             super().on_train_end(trainer, pl_module)
