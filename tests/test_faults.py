@@ -275,7 +275,7 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(chains):
     # Killed half-way through writing last.ckpt at step 6 (step_0000006.ckpt, written just before, is complete).
     assert stage.paused.startswith(f"writing {stage.saved.parent / 'run' / 'checkpoints' / 'last.ckpt'} through "), stage.paused
     assert stage.ckpt_steps == {ckpt(INTERVAL): INTERVAL, ckpt(2 * INTERVAL): 2 * INTERVAL, "last.ckpt": INTERVAL}, stage.ckpt_steps
-    assert sorted(p.name for p in stage.saved.iterdir()) == [ckpt(INTERVAL), ckpt(2 * INTERVAL), "last.ckpt"], "a partial file in checkpoints/"
+    assert sorted(p.name for p in stage.saved.iterdir()) == ["last.ckpt", ckpt(INTERVAL), ckpt(2 * INTERVAL)], "a partial file in checkpoints/"
 
     # The half-written bytes are in the temporary file, in $TMPDIR, and are not mistaken for a checkpoint.
     from diffusion.training.checkpoints import load_checkpoint

@@ -37,7 +37,7 @@ class SampleGrid(L.Callback):
         sampler: Sampler,
         n: int = 64,
         every_n_steps: int | None = None,
-        fraction: float | None = 0.1,
+        fraction: float | None = 0.2,
         seed: int = 0,
         scale: int = 4,
     ):
