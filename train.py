@@ -3,7 +3,7 @@
 Examples:
     python train.py                                   # DDPM on the embedded procedural sprites
     python train.py experiment=course data=sprites    # the DeepLearning.AI course's setup
-    python train.py schedule=edm objective=edm sampler=heun trainer.max_epochs=10
+    python train.py schedule=edm objective=edm sampler=heun trainer.max_steps=5000
     python train.py hydra.run.dir=runs/mine ckpt_path=last   # resume that run
 """
 

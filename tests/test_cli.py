@@ -68,10 +68,12 @@ def train_steps(path: Path) -> list[int]:
 def test_train_leaves_its_artefacts(trained):
     run = trained.run_dir
     assert trained.ckpt.is_file()
-    assert (run / "checkpoints" / "epoch_000.ckpt").is_file()
+    # last.ckpt, and the best by val/fid (measured at the last step): bounded disk use, no file per epoch
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert len(names) == 3 and names[0].startswith(f"best_{TRAIN_STEPS:07d}_fid_"), names
+    assert names[1:] == ["final.safetensors", "last.ckpt"], names
     assert (run / "samples" / "final.png").is_file()
-    assert (run / "samples" / "epoch_0000.png").is_file()  # the per-epoch grid
-    assert sorted(p.name for p in (run / "samples").glob("*.png")) == ["epoch_0000.png", "final.png"]
+    assert sorted(p.name for p in (run / "samples").glob("*.png")) == ["final.png", f"step_{TRAIN_STEPS:07d}.png"]
 
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["step"] == TRAIN_STEPS
@@ -128,7 +130,7 @@ def test_resume_continues_the_step_count(resumed):
     assert metrics["step"] == 2 * TRAIN_STEPS
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2 * TRAIN_STEPS
-    assert (run / "checkpoints" / "epoch_001.ckpt").is_file()
+    assert list((run / "checkpoints").glob(f"best_{2 * TRAIN_STEPS:07d}_fid_*.ckpt"))
     assert not list((run / "checkpoints").glob("*-v*.ckpt")), "resuming in place must not version the checkpoints"
     # The resumed run appends to metrics.csv: the first run's steps are kept, the new ones follow, none repeated.
     steps = train_steps(run / "csv" / "metrics.csv")

@@ -50,8 +50,9 @@ MAX_STEPS = 15
 FAULT_TRAIN = [
     "data=sprites",
     "data.val_fraction=0.2",
-    "callbacks.checkpoint.every_n_epochs=null",
-    f"callbacks.checkpoint.every_n_train_steps={INTERVAL}",
+    f"callbacks.checkpoint.every_n_steps={INTERVAL}",
+    "callbacks.checkpoint.save_top_k=-1",  # every interval's checkpoint kept as step_NNNNNNN.ckpt, beside last.ckpt
+    "validation.fraction=null",  # validation at the end of each epoch (Lightning's check_val_every_n_epoch=1)
     f"trainer.max_steps={MAX_STEPS}",
     "trainer.max_epochs=100",  # max_steps decides (a resumed end-of-epoch checkpoint may run an empty epoch)
     "~callbacks.fid",  # not what is tested here, and the slowest callback
@@ -247,6 +248,11 @@ def stage_of(chains, chain: str, name: str) -> Stage:
     return stage
 
 
+def ckpt(step: int) -> str:
+    """The name of the interval checkpoint kept at ``step`` (callbacks.checkpoint.save_top_k=-1)."""
+    return f"step_{step:07d}.ckpt"
+
+
 def train_steps(rows: list[dict[str, str]]) -> list[int]:
     return [int(row["step"]) for row in rows if row.get("train/loss")]
 
@@ -259,17 +265,17 @@ def test_kill_during_a_training_step(chains):
     assert stage.paused == "training_step at global_step 4"
     assert stage.returncode == -signal.SIGKILL, stage.describe()
     # The last complete checkpoint is the interval's, at step 3; step 4 was never finished.
-    assert stage.ckpt_steps == {"epoch_000.ckpt": INTERVAL, "last.ckpt": INTERVAL}, stage.ckpt_steps
+    assert stage.ckpt_steps == {ckpt(INTERVAL): INTERVAL, "last.ckpt": INTERVAL}, stage.ckpt_steps
 
 
 def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(chains):
     stage = stage_of(chains, "kill", "kill-writing-ckpt")
     assert stage.returncode == -signal.SIGKILL, stage.describe()
     assert stage.start_step == INTERVAL
-    # Killed half-way through writing last.ckpt at step 6 (epoch_000.ckpt, written just before, is complete).
+    # Killed half-way through writing last.ckpt at step 6 (step_0000006.ckpt, written just before, is complete).
     assert stage.paused.startswith(f"writing {stage.saved.parent / 'run' / 'checkpoints' / 'last.ckpt'} through "), stage.paused
-    assert stage.ckpt_steps == {"epoch_000.ckpt": 2 * INTERVAL, "last.ckpt": INTERVAL}, stage.ckpt_steps
-    assert sorted(p.name for p in stage.saved.iterdir()) == ["epoch_000.ckpt", "last.ckpt"], "a partial file in checkpoints/"
+    assert stage.ckpt_steps == {ckpt(INTERVAL): INTERVAL, ckpt(2 * INTERVAL): 2 * INTERVAL, "last.ckpt": INTERVAL}, stage.ckpt_steps
+    assert sorted(p.name for p in stage.saved.iterdir()) == ["last.ckpt", ckpt(INTERVAL), ckpt(2 * INTERVAL)], "a partial file in checkpoints/"
 
     # The half-written bytes are in the temporary file, in $TMPDIR, and are not mistaken for a checkpoint.
     from diffusion.training.checkpoints import load_checkpoint
@@ -279,7 +285,7 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(chains):
     assert os.stat(tmpdir).st_dev == os.stat(stage.saved.parent / "run").st_dev, "rename is atomic on one file system only"
     partial = [tmpdir / name for name in stage.tmp_files]
     assert len(partial) == 1, stage.tmp_files
-    complete = (stage.saved / "epoch_000.ckpt").stat().st_size
+    complete = (stage.saved / ckpt(2 * INTERVAL)).stat().st_size
     assert 0 < partial[0].stat().st_size < complete
     assert str(partial[0]) in stage.paused
     with pytest.raises(ConfigError, match="not a readable checkpoint"):
@@ -333,10 +339,10 @@ def test_sigterm_during_validation_saves_the_raw_and_averaged_weights(chains):
     assert stage.paused == f"validation_step at global_step {STEPS_PER_EPOCH}"
     assert stage.returncode == 128 + signal.SIGTERM, stage.describe()  # not 0: the run did not finish
     assert f"SIGTERM: saved" in stage.log and "resume with ckpt_path=last" in stage.log, stage.describe()
-    assert stage.ckpt_steps == {"epoch_000.ckpt": STEPS_PER_EPOCH, "last.ckpt": STEPS_PER_EPOCH}, stage.ckpt_steps
-    # epoch_000.ckpt was written at the same step just before validation swapped the EMA weights in: the SIGTERM
+    assert stage.ckpt_steps == {ckpt(INTERVAL): INTERVAL, ckpt(STEPS_PER_EPOCH): STEPS_PER_EPOCH, "last.ckpt": STEPS_PER_EPOCH}, stage.ckpt_steps
+    # step_0000006.ckpt was written at the same step just before validation swapped the EMA weights in: the SIGTERM
     # checkpoint, written during validation, must hold the same raw weights, average and optimizer state.
-    before = torch.load(stage.saved / "epoch_000.ckpt", map_location="cpu", weights_only=True)
+    before = torch.load(stage.saved / ckpt(STEPS_PER_EPOCH), map_location="cpu", weights_only=True)
     during = torch.load(stage.saved / "last.ckpt", map_location="cpu", weights_only=True)
     for key in ("state_dict", "current_model_state"):
         assert before[key].keys() == during[key].keys()

@@ -249,6 +249,6 @@ def test_callback_turns_itself_off_on_unlabelled_data(sprite_dir, tmp_path):
     callback = FIDCallback(dirpath=str(tmp_path), cache_dir=str(tmp_path))
     with pytest.warns(UserWarning, match="metrics.feature_weights=PATH"):
         callback.setup(trainer, None, "fit")
-    assert callback.every_n_epochs == 0 and callback.quality is None and not callback.due(trainer)
+    assert callback.cadence.off and callback.quality is None and not callback.due(trainer)
     with pytest.raises(ConfigError, match="one of sprite, inception"):
         FIDCallback(dirpath=str(tmp_path), features="clip")

@@ -14,15 +14,17 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from diffusion.core.errors import ConfigError
 from diffusion.evaluation.metrics import ImageQuality, build_feature_net, check_feature_choice, describe, shard
+from diffusion.training.cadence import Cadence
 from diffusion.training.callbacks import LABEL_MIXES, sample_labels
 from diffusion.training.module import DiffusionModule
 from diffusion.core.sampling import Sampler
 
 
 class FIDCallback(L.Callback):
-    """Every ``every_n_epochs`` validation epochs (and at the last epoch), draw ``num_samples`` images
-    with a fast ``sampler``, labels in the validation split's class mix (``labels="data"``, the mix of the
-    reference images; ``"uniform"`` cycles over the classes), and log ``val/fid``, ``val/kid_mean``,
+    """At validations, every ``every_n_steps`` training steps or ``fraction`` of the run (and at the last
+    step; ``diffusion.training.cadence``), draw ``num_samples`` images with a fast ``sampler``, labels in the
+    validation split's class mix (``labels="data"``, the mix of the reference images; ``"uniform"`` cycles over
+    the classes), and log ``val/fid``, ``val/kid_mean``,
     ``val/kid_std`` and ``val/fid_seconds`` (the time the whole measurement took). Each measurement
     is also appended to ``<dirpath>/fid.json`` with the feature network's version, without which an
     FID figure cannot be compared with another.
@@ -44,7 +46,8 @@ class FIDCallback(L.Callback):
         dirpath: folder of ``fid.json`` (the run directory).
         sampler: the sampler for the FID samples (default DPM-Solver++(2M), 20 Karras steps).
         num_samples: generated images per measurement (all processes together).
-        every_n_epochs: measure every n validation epochs; 0 turns the callback off.
+        every_n_steps: measure at the first validation after every n training steps; 0 turns the callback off.
+        fraction: or measure every ``fraction`` of the run (0.5: half-way and at the end); 0 turns it off.
         seed: noise seed of the generated images.
         batch_size: images sampled per call of the model.
         guidance: classifier-free guidance weight of the samples.
@@ -60,7 +63,8 @@ class FIDCallback(L.Callback):
         dirpath: str,
         sampler: Sampler | None = None,
         num_samples: int = 1000,
-        every_n_epochs: int = 1,
+        every_n_steps: int | None = None,
+        fraction: float | None = 0.5,
         seed: int = 0,
         batch_size: int = 500,
         guidance: float = 0.0,
@@ -82,7 +86,8 @@ class FIDCallback(L.Callback):
             raise ConfigError(f"callbacks.fid.labels={labels!r} must be one of {', '.join(LABEL_MIXES)}")
         self.dirpath, self.labels = Path(dirpath), labels
         self.sampler = sampler or Sampler("dpmpp_2m", steps=20, spacing="karras")
-        self.num_samples, self.every_n_epochs, self.seed = num_samples, every_n_epochs, seed
+        self.num_samples, self.seed = num_samples, seed
+        self.cadence = Cadence(every_n_steps, fraction, "callbacks.fid")
         self.batch_size, self.guidance = batch_size, guidance
         self.features, self.feature_weights, self.inception_weights = features, feature_weights, inception_weights
         self.cache_dir, self.train_settings = cache_dir, dict(train_settings or {}) or None
@@ -97,7 +102,7 @@ class FIDCallback(L.Callback):
 
     # -- set-up: the feature network, identical on every process ----------------------------------
     def setup(self, trainer: L.Trainer, pl_module: DiffusionModule, stage: str) -> None:
-        if self.quality is not None or self.every_n_epochs <= 0:
+        if self.quality is not None or self.cadence.off:
             return
         datamodule = trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "real_images"):
@@ -110,7 +115,7 @@ class FIDCallback(L.Callback):
         reason = self.unavailable(datamodule, trainer.world_size)
         if reason is not None:  # the same decision on every process: the data are the same
             rank_zero_warn(f"FID is off for this run: {reason}")
-            self.every_n_epochs = 0
+            self.cadence = Cadence(0, None, "callbacks.fid")
             return
         net = self._feature_net(trainer, datamodule)
         self.quality = ImageQuality(net, self.kid_subsets, self.kid_subset_size, seed=self.seed)
@@ -181,16 +186,15 @@ class FIDCallback(L.Callback):
 
     # -- measuring ---------------------------------------------------------------------------------
     def due(self, trainer: L.Trainer) -> bool:
-        if trainer.sanity_checking or self.every_n_epochs <= 0:
-            return False
-        epoch = trainer.current_epoch
-        last_epoch = trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch + 1 >= trainer.max_epochs
-        last_step = trainer.max_steps is not None and trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
-        return (epoch + 1) % self.every_n_epochs == 0 or last_epoch or last_step
+        return self.cadence.due(trainer)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: DiffusionModule) -> None:
+        self.cadence.start(trainer)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: DiffusionModule) -> None:
         if not self.due(trainer):
             return
+        self.cadence.done(trainer)
         if self.quality is None:
             self.setup(trainer, pl_module, "validate")
         result = self.measure(trainer, pl_module)
@@ -238,7 +242,7 @@ class FIDCallback(L.Callback):
         }
         entry["seconds"] = round(entry["seconds"], 2)
         self.history.append(entry)
-        rank_zero_info(f"epoch {trainer.current_epoch}: {describe(result, self.version)}, {entry['seconds']} s")
+        rank_zero_info(f"step {trainer.global_step}: {describe(result, self.version)}, {entry['seconds']} s")
         self.dirpath.mkdir(parents=True, exist_ok=True)
         payload = {"features": self.version, "num_samples": self.num_samples, "labels": self.labels, "history": self.history}
         tmp = self.history_path.with_suffix(".json.tmp")

@@ -1,7 +1,7 @@
-"""Pictures of a finished run: loss curves, FID over training, and the sample grids over epochs.
+"""Pictures of a finished run: loss curves, FID over training, and the sample grids over training.
 
 ``plot_run(run_dir)`` reads what a run leaves behind (``history.jsonl``, which train.py keeps whatever the
-loggers, else ``csv/metrics.csv`` of Lightning's CSVLogger; ``fid.json``; ``samples/epoch_*.png``) and writes ``plots/loss.png``, ``plots/fid.png`` (when FID was
+loggers, else ``csv/metrics.csv`` of Lightning's CSVLogger; ``fid.json``; ``samples/step_*.png``) and writes ``plots/loss.png``, ``plots/fid.png`` (when FID was
 measured) and ``plots/samples_over_epochs.png``. Missing inputs are skipped, so it is safe to call
 at the end of any run. Matplotlib draws off-screen through the Agg canvas, without pyplot's global
 state. Also runnable: ``python -m diffusion.evaluation.plots RUN_DIR``.
@@ -154,7 +154,7 @@ def plot_fid(series: dict, path: Path, version: str | None = None) -> Path | Non
     return path
 
 
-def _epoch_of(path: Path) -> int:
+def _step_of(path: Path) -> int:
     match = re.search(r"(\d+)", path.stem)
     return int(match.group(1)) if match else -1
 
@@ -170,11 +170,11 @@ def _first_row(grid: np.ndarray, ncols: int) -> np.ndarray:
 
 
 def plot_samples(sample_dir: Path, path: Path, ncols: int = 8, max_rows: int = 16) -> Path | None:
-    """Stack the first row of each epoch's grid (at most ``max_rows`` epochs, evenly spread, first
-    and last kept), each labelled with its epoch."""
+    """Stack the first row of each grid (at most ``max_rows`` grids, evenly spread, first
+    and last kept), each labelled with its training step."""
     from PIL import Image
 
-    grids = sorted(sample_dir.glob("epoch_*.png"), key=_epoch_of)
+    grids = sorted(sample_dir.glob("step_*.png"), key=_step_of)
     if not grids:
         return None
     if len(grids) > max_rows:
@@ -194,8 +194,8 @@ def plot_samples(sample_dir: Path, path: Path, ncols: int = 8, max_rows: int = 1
         ax.set_yticks([])
         for spine in ax.spines.values():
             spine.set_visible(False)
-        ax.set_ylabel(f"epoch {_epoch_of(grid_path)}", rotation=0, ha="right", va="center")
-    fig.suptitle("samples over epochs (first row of each grid)")
+        ax.set_ylabel(f"step {_step_of(grid_path)}", rotation=0, ha="right", va="center")
+    fig.suptitle("samples over training steps (first row of each grid)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight", pad_inches=0.1)
     return path

@@ -113,13 +113,19 @@ class FinishWandbRun(Callback):
 
 class RunDirectoryGuard(Callback):
     """Refuse, before Hydra rewrites ``.hydra/`` in it, to start a fresh run in a directory that already
-    holds checkpoints: only ``ckpt_path=...`` (resuming) may reuse a run directory."""
+    holds checkpoints: only a run that resumes (``ckpt_path=last|PATH``, or ``auto`` finding a checkpoint
+    there) may reuse a run directory. (A multirun job, such as one a cluster requeues into its sweep
+    subdirectory, meets the same check in ``train.py``.)"""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from diffusion.training.checkpoints import check_run_dir
+        self.check(Path(config.hydra.run.dir), config)
+
+    @staticmethod
+    def check(run_dir: Path, config: DictConfig) -> None:
+        from diffusion.training.checkpoints import check_run_dir, resolve_ckpt_path
 
         try:
-            check_run_dir(Path(config.hydra.run.dir), resuming=config.get("ckpt_path") is not None)
+            check_run_dir(run_dir, resuming=resolve_ckpt_path(config.get("ckpt_path"), run_dir) is not None)
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)

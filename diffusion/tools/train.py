@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion.data import images
 from diffusion.training.builders import apply_speed_options, build_module
+from diffusion.training.cadence import apply_validation_cadence
 from diffusion.training.callbacks import class_cycle
 from diffusion.training.checkpoints import check_compatible, check_run_dir, export_safetensors, load_checkpoint, resolve_ckpt_path
 from diffusion.training.precision import fast_bf16_available
@@ -76,6 +77,7 @@ def train(cfg: DictConfig) -> float:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     check_run_dir(run_dir, resuming=ckpt_path is not None)
     resolve_precision(cfg)
+    apply_validation_cadence(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)  # no INFO line on stderr ahead of a user error
 
     datamodule = instantiate(cfg.data)
@@ -102,7 +104,7 @@ def train(cfg: DictConfig) -> float:
     except SIGTERMException:
         # Pre-empted: SaveOnSigterm wrote last.ckpt. Lightning's exception would exit with status 0 as if the
         # run had finished; exit as a process killed by SIGTERM does instead (no metrics.json, no final samples).
-        print(f"training stopped by SIGTERM at step {trainer.global_step}; resume with ckpt_path=last", file=sys.stderr)
+        print(f"training stopped by SIGTERM at step {trainer.global_step}; resume with ckpt_path=last (or auto)", file=sys.stderr)
         sys.exit(128 + signal.SIGTERM)
 
     metrics = final_metrics(trainer)

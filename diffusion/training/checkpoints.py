@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -35,11 +36,25 @@ def check_run_dir(run_dir: Path, resuming: bool) -> None:
         raise ConfigError(f"run directory {run_dir} is not writable ({err.strerror or err}); choose another hydra.run.dir") from None
 
 
+def hpc_checkpoint(run_dir: Path) -> Path | None:
+    """Lightning's SLURM auto-requeue checkpoint (``hpc_ckpt_N.ckpt`` in ``default_root_dir``, the run
+    directory, written on the requeue signal): the highest N, as Lightning itself resumes from."""
+    found = [(int(m.group(1)), p) for p in run_dir.glob("hpc_ckpt_*.ckpt") if (m := re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", p.name))]
+    return max(found)[1] if found else None
+
+
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> Path | None:
-    """``last`` means the run directory's own ``checkpoints/last.ckpt``."""
+    """``last`` means the run directory's own ``checkpoints/last.ckpt``; ``auto`` the newer of that and
+    Lightning's hpc checkpoint, or None (a fresh start) where neither exists: the setting of a job that a
+    cluster may requeue into the same directory (conf/hydra/launcher/slurm.yaml)."""
     if ckpt_path is None:
         return None
-    path = run_dir / "checkpoints" / "last.ckpt" if str(ckpt_path) == "last" else Path(ckpt_path).expanduser()
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if str(ckpt_path) == "auto":
+        found = [p for p in (last, hpc_checkpoint(run_dir)) if p is not None and p.is_file()]
+        # newest written wins; on a tie last.ckpt (listed first: max keeps the first of equals)
+        return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+    path = last if str(ckpt_path) == "last" else Path(ckpt_path).expanduser()
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist; check ckpt_path (use ckpt_path=last inside the run directory)")
     return path
@@ -50,6 +65,7 @@ def export_safetensors(state_dict: dict[str, torch.Tensor], info: dict[str, Any]
     from safetensors.torch import save_file
 
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # a run without checkpoints (debug=fdr) has no checkpoints/ yet
     tmp = path.with_suffix(".tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(tmp), metadata={"diffusion": json.dumps(info)})
     tmp.replace(path)
