@@ -15,7 +15,7 @@ from diffusion.core.denoiser import Denoiser, conditioned
 from diffusion.core.errors import ConfigError
 from diffusion.core import samplers
 from diffusion.core.samplers.common import Callback, model_evaluations
-from diffusion.core.schedules import Schedule
+from diffusion.core.schedules import Schedule, get_sigmas_karras
 
 SPACINGS = ("karras", "schedule")
 
@@ -46,6 +46,8 @@ class Sampler:
         spacing: "karras" for the rho-spacing of Karras et al. 2022 (eq. 5) between the schedule's
             sigma_min and sigma_max, "schedule" for the schedule's own levels (DDPM's t = T..1).
         rho: the exponent of the Karras spacing.
+        sigma_min: the lowest level of the Karras spacing; by default the schedule's. A few-step consistency
+            sampler (``conf/sampler/consistency.yaml``) ends its spacing at a level well above 0.
         options: keyword options of the sampler function (eta, add_noise, variance, order, s_churn, ...).
         name: a label for tables and file names; by default the function's name without ``sample_``.
     """
@@ -58,6 +60,7 @@ class Sampler:
         rho: float = 7.0,
         options: Mapping[str, Any] | None = None,
         name: str | None = None,
+        sigma_min: float | None = None,
     ):
         self.function = resolve_function(fn)
         if spacing not in SPACINGS:
@@ -67,15 +70,22 @@ class Sampler:
         self.fn, self.steps, self.spacing, self.rho = str(fn), steps, spacing, float(rho)
         self.options = dict(options or {})
         self.name = name or self.function.__name__.removeprefix("sample_")
+        if sigma_min is not None and not (isinstance(sigma_min, (int, float)) and sigma_min > 0):
+            raise ConfigError(f"sampler.sigma_min={sigma_min} must be a positive number (or null: the schedule's)")
+        self.sigma_min = None if sigma_min is None else float(sigma_min)
 
     def with_steps(self, steps: int) -> Sampler:
-        return Sampler(self.fn, steps, self.spacing, self.rho, self.options, self.name)
+        return Sampler(self.fn, steps, self.spacing, self.rho, self.options, self.name, self.sigma_min)
 
     @property
     def nfe(self) -> int:
         return model_evaluations(self.function, self.steps, self.options)
 
     def sigmas(self, schedule: Schedule) -> Tensor:
+        if self.spacing == "karras" and self.sigma_min is not None:
+            if not self.sigma_min < schedule.sigma_max:
+                raise ConfigError(f"sampler.sigma_min={self.sigma_min} must be below the schedule's sigma_max={schedule.sigma_max}")
+            return get_sigmas_karras(self.steps, self.sigma_min, schedule.sigma_max, self.rho)
         if self.spacing == "karras":
             return schedule.karras_sigmas(self.steps, self.rho)
         return schedule.sigmas(self.steps)

@@ -56,6 +56,8 @@ class FIDCallback(L.Callback):
         features, feature_weights, inception_weights, cache_dir, train_settings: the feature network
             (``metrics.*``; see ``diffusion.evaluation.metrics.build_feature_net``).
         kid_subsets, kid_subset_size: KID's subsets (the size is capped by the image counts).
+        suffix: appended to the logged names and to ``fid.json``, so that a second callback can measure another
+            sampler in the same run (``experiment=ect``: ``val/fid`` at 1 step, ``val/fid_2step`` at 2).
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class FIDCallback(L.Callback):
         train_settings: dict[str, Any] | None = None,
         kid_subsets: int = 100,
         kid_subset_size: int = 1000,
+        suffix: str = "",
     ):
         check_feature_choice(features)
         if not (isinstance(num_samples, int) and num_samples >= 2):
@@ -92,13 +95,19 @@ class FIDCallback(L.Callback):
         self.features, self.feature_weights, self.inception_weights = features, feature_weights, inception_weights
         self.cache_dir, self.train_settings = cache_dir, dict(train_settings or {}) or None
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
+        self.suffix = str(suffix)
         self.quality: ImageQuality | None = None
         self.version: str | None = None
         self.history: list[dict[str, Any]] = []
 
     @property
     def history_path(self) -> Path:
-        return self.dirpath / "fid.json"
+        return self.dirpath / f"fid{self.suffix}.json"
+
+    @property
+    def state_key(self) -> str:
+        # Lightning refuses two stateful callbacks with one key; the suffix tells them apart in checkpoints.
+        return self._generate_state_key(suffix=self.suffix) if self.suffix else super().state_key
 
     # -- set-up: the feature network, identical on every process ----------------------------------
     def setup(self, trainer: L.Trainer, pl_module: DiffusionModule, stage: str) -> None:
@@ -123,8 +132,8 @@ class FIDCallback(L.Callback):
         if trainer.is_global_zero:
             # the version beside the figures: hparams.yaml, TensorBoard's hparams, the W&B config
             hparams = {
-                "fid_features": self.version, "fid_num_samples": self.num_samples, "fid_sampler": repr(self.sampler),
-                "fid_labels": self.labels,
+                "fid_features": self.version, f"fid{self.suffix}_num_samples": self.num_samples,
+                f"fid{self.suffix}_sampler": repr(self.sampler), f"fid{self.suffix}_labels": self.labels,
             }
             for logger in trainer.loggers:
                 logger.log_hyperparams(hparams)
@@ -199,7 +208,7 @@ class FIDCallback(L.Callback):
             self.setup(trainer, pl_module, "validate")
         result = self.measure(trainer, pl_module)
         for key in ("fid", "kid_mean", "kid_std", "seconds"):
-            name = "val/fid_seconds" if key == "seconds" else f"val/{key}"
+            name = f"val/fid_seconds{self.suffix}" if key == "seconds" else f"val/{key}{self.suffix}"
             pl_module.log(name, float(result[key]), sync_dist=trainer.world_size > 1)
         if trainer.is_global_zero:
             self._record(trainer, result)

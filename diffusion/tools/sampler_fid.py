@@ -39,7 +39,7 @@ def sampler_for(name: str, steps: int, options: dict | None = None, spacing: str
     (DDPM and DDIM walk the schedule's levels, the Karras family the rho = 7 levels)."""
     sampler = sampler_from_conf(name, steps, **(options or {}))
     if spacing != "auto":
-        sampler = Sampler(sampler.fn, sampler.steps, spacing, sampler.rho, sampler.options, sampler.name)
+        sampler = Sampler(sampler.fn, sampler.steps, spacing, sampler.rho, sampler.options, sampler.name, sampler.sigma_min)
     return sampler
 
 

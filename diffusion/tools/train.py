@@ -17,7 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion.data import images
-from diffusion.training.builders import apply_speed_options, build_module
+from diffusion.training.builders import apply_speed_options, build_module, initialize_from
 from diffusion.training.cadence import apply_validation_cadence
 from diffusion.training.callbacks import class_cycle
 from diffusion.training.checkpoints import check_compatible, check_run_dir, export_safetensors, load_checkpoint, resolve_ckpt_path
@@ -87,6 +87,8 @@ def train(cfg: DictConfig) -> float:
     module = build_module(cfg, datamodule.num_classes, datamodule.image_size, datamodule.class_names, counts)
     if ckpt_path is not None:
         check_compatible(module, load_checkpoint(ckpt_path)["state_dict"], ckpt_path)
+    elif cfg.get("init_from"):
+        initialize_from(module, cfg.init_from)
     apply_speed_options(module.denoiser.net, cfg.training.get("channels_last", False), cfg.training.get("compile", False))
 
     callbacks = instantiate_all(cfg.get("callbacks"))

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion.core.errors import ConfigError
+from diffusion.training.checkpoints import check_compatible, load_checkpoint
 from diffusion.training.module import DiffusionModule
 from diffusion.core.sampling import Sampler
 
@@ -78,7 +79,7 @@ def build_module(
 # modules. Loading with weights_only=True keeps pickles from running code, but Hydra's instantiate would call any
 # `_target_` (os.system, builtins.exec, ...) that a tampered config -- .ckpt or .safetensors metadata -- names.
 CHECKPOINT_MODULES = (
-    "diffusion.nets.", "diffusion.core.schedules", "diffusion.core.objectives", "diffusion.core.sampling",
+    "diffusion.nets.", "diffusion.core.schedules", "diffusion.core.objectives", "diffusion.core.sampling", "diffusion.core.consistency",
     "diffusion.core.samplers.", "diffusion.training.module", "torch.optim",
 )
 BUILT_FROM_CONFIG = ("module", "model", "schedule", "objective", "optimizer", "sampler")
@@ -162,3 +163,26 @@ def module_from_checkpoint(checkpoint: dict[str, Any], trust: tuple[str, ...] | 
     module = build_module(cfg, len(info["class_names"]), info["image_size"], info["class_names"], info.get("class_counts"))
     module.load_state_dict(checkpoint["state_dict"])
     return module
+
+
+def initialize_from(module: DiffusionModule, path: str | Path) -> None:
+    """Load a trained model's weights (the EMA average, the checkpoint's ``state_dict``) into ``module`` before a
+    new run, e.g. the diffusion model that consistency tuning starts from. The checkpoint must describe the same
+    network, noise conditioning and preconditioning, or its weights would mean something else here."""
+    checkpoint = load_checkpoint(path)
+    info = checkpoint["diffusion"]
+    teacher = OmegaConf.to_container(stored_config(info), resolve=True)
+    run = module.config
+    for key in ("objective", "schedule"):
+        theirs, ours = (teacher.get(key) or {}).get("_target_"), (run.get(key) or {}).get("_target_")
+        if key == "objective" and theirs == ours:
+            theirs, ours = teacher[key], run[key]  # sigma_data too
+        if theirs != ours:
+            raise ConfigError(
+                f"init_from={path} was trained with {key} {theirs}, this run uses {ours}; set {key}= to the checkpoint's "
+                "(experiment=ect fine-tunes a model trained with schedule=edm objective=edm)"
+            )
+    if info.get("image_size") != module.image_size:
+        raise ConfigError(f"init_from={path} was trained on {info.get('image_size')}-pixel images, this run's data are {module.image_size}; use the same data")
+    check_compatible(module, checkpoint["state_dict"], path)
+    module.load_state_dict(checkpoint["state_dict"])

@@ -33,6 +33,9 @@ class DiffusionModule(L.LightningModule):
             unconditional model that classifier-free guidance needs.
         max_nonfinite_steps: consecutive steps with a NaN/inf loss that are skipped (no update) before
             training stops with an error; the weights, and so every checkpoint, stay finite.
+        method: a training method other than denoising, a callable ``method(denoiser, x0, labels, step, generator)``
+            returning per-sample losses, with a ``check(denoiser)`` that refuses parts it cannot train (e.g.
+            ``core.consistency.ConsistencyTuning``); None trains the denoiser (``Denoiser.loss``).
         class_names: names of the context classes, kept in the checkpoint for ``sample.py label=NAME``.
         config: the resolved run config, stored in checkpoints so they can be rebuilt without it.
     """
@@ -48,6 +51,7 @@ class DiffusionModule(L.LightningModule):
         lr_schedule: str = "constant",
         label_dropout: float = 0.1,
         max_nonfinite_steps: int = 10,
+        method: Callable[..., Tensor] | None = None,
         class_names: list[str] | None = None,
         config: dict[str, Any] | None = None,
     ):
@@ -57,6 +61,9 @@ class DiffusionModule(L.LightningModule):
         if not 0 <= label_dropout <= 1:
             raise ConfigError(f"label_dropout={label_dropout} must be in [0, 1]")
         self.denoiser = Denoiser(net, objective, schedule)
+        if method is not None:
+            method.check(self.denoiser)
+        self.method = method
         self.optimizer_factory = optimizer
         self.sampler = sampler
         self.lr_warmup_steps, self.lr_schedule, self.label_dropout = lr_warmup_steps, lr_schedule, label_dropout
@@ -90,8 +97,7 @@ class DiffusionModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x0, labels = batch
         x0 = x0 * self.schedule.input_scale
-        sigma = self.schedule.sample_sigma(x0.shape[0], device=x0.device)
-        loss = self.denoiser.loss(x0, sigma, torch.randn_like(x0), self._labels(labels, drop=True)).mean()
+        loss = self.loss(x0, self._labels(labels, drop=True)).mean()
         # Every rank must take the same decision, or DDP waits forever for the skipping rank's gradients.
         finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
         if not finite:
@@ -106,14 +112,19 @@ class DiffusionModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def loss(self, x0: Tensor, labels: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
+        """Per-sample training loss: the method's, or the denoiser's at the schedule's noise levels."""
+        if self.method is not None:
+            return self.method(self.denoiser, x0, labels, step=self.global_step, generator=generator)
+        sigma = self.schedule.sample_sigma(x0.shape[0], generator=generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device) if generator is not None else torch.randn_like(x0)
+        return self.denoiser.loss(x0, sigma, noise, labels)
+
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x0, labels = batch
         x0 = x0 * self.schedule.input_scale
         # Fixed noise levels and noise per batch: the validation loss moves only when the model does.
-        generator = torch.Generator().manual_seed(batch_idx)
-        sigma = self.schedule.sample_sigma(x0.shape[0], generator=generator).to(x0.device)
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-        loss = self.denoiser.loss(x0, sigma, noise, self._labels(labels, drop=False)).mean()
+        loss = self.loss(x0, self._labels(labels, drop=False), torch.Generator().manual_seed(batch_idx)).mean()
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x0.shape[0])
 
     def on_validation_epoch_end(self) -> None:

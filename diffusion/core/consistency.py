@@ -1,0 +1,130 @@
+"""Easy Consistency Tuning (Geng et al. 2024, "Consistency Models Made Easy", ECT): a diffusion model fine-tuned
+into a consistency model f(x_t, t) that maps any point of a probability-flow ODE trajectory to its start x0.
+
+The consistency function is the EDM-preconditioned denoiser itself (``core.denoiser.Denoiser`` with
+``objectives.EDMPreconditioning``), as in ECT:
+
+    f(x, t) = c_skip(t) x + c_out(t) F(c_in(t) x, c_noise(t)),
+    c_skip = sd^2 / (t^2 + sd^2),  c_out = t sd / sqrt(t^2 + sd^2),
+
+whose boundary condition f(x, 0) = x holds exactly (c_skip(0) = 1, c_out(0) = 0), so ECT needs no shift by a
+sigma_min as in Song et al. 2023 (eq. 7). Training pulls f(x_t, t) towards the stop-gradient f(x_r, r) on the same
+noise direction, x_t = x0 + t eps and x_r = x0 + r eps, with r < t from the mapping function of ``ect_r``; where
+r reaches 0 the target is x0 itself (the boundary condition), which is the diffusion model's own denoising loss.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from diffusion.core.denoiser import Denoiser
+from diffusion.core.errors import ConfigError
+from diffusion.core.objectives import EDMPreconditioning
+from diffusion.core.schedules import EDMSchedule
+
+
+def ect_r(t: Tensor, stage: int, q: float = 2.0, k: float = 8.0, b: float = 1.0) -> Tensor:
+    """ECT's mapping function (Geng et al. 2024, sec. 3, "Mapping function"):
+
+        r / t = 1 - n(t) / q^(stage + 1),    n(t) = 1 + k * sigmoid(-b t),    r clamped at 0.
+
+    Each stage divides t - r by q, so training moves from the diffusion model's denoising loss (r = 0) towards
+    the continuous-time consistency condition (r -> t). n(t) widens the gap at small t, where it is small relative
+    to the data. The stage is counted from 0 and the exponent is stage + 1, as in the authors' ``ECMLoss``.
+    """
+    ratio = 1 - (1 + k * torch.sigmoid(-b * t)) / q ** (stage + 1)
+    return (t * ratio).clamp(min=0)
+
+
+def pseudo_huber(diff: Tensor, c: float) -> Tensor:
+    """Per-sample sqrt(||diff||^2 + c^2) - c (Song & Dhariwal 2023, iCT, eq. 9). With c = 0 it is the L2 norm
+    ||diff||, ECT's default ("adaptive weighting" with p = 1/2 of the squared error)."""
+    flat = diff.flatten(1)
+    if c == 0:
+        return torch.linalg.vector_norm(flat, dim=1)  # its gradient at 0 is 0, where sqrt(sum of squares) gives NaN
+    return (flat.square().sum(1) + c**2).sqrt() - c
+
+
+class ConsistencyTuning:
+    """ECT's training loss, a callable like NVlabs EDM's loss classes:
+
+        L = d(f(x_t, t), sg f(x_r, r)) / (t - r),   ln t ~ N(P_mean, P_std^2),   r = ``ect_r``(t, stage),
+
+    with d the pseudo-Huber metric (``pseudo_huber``) and w(t, r) = 1 / (t - r) the weighting of ECT's
+    ``ECMLoss``. Both evaluations of f share the noise direction and the dropout mask (the RNG is replayed).
+    The stage advances every ``stage_steps`` optimiser steps.
+
+    Args:
+        P_mean, P_std: the log-normal distribution of t (ECT uses -1.1 and 2.0 on CIFAR-10).
+        q, k, b: the mapping function's parameters (ECT: 2, 8, 1).
+        c: the pseudo-Huber constant; 0 is ECT's L2 norm, iCT uses 0.00054 * sqrt(pixels).
+        stage_steps: optimiser steps per stage of the mapping function.
+    """
+
+    def __init__(
+        self,
+        P_mean: float = -1.1,
+        P_std: float = 2.0,
+        q: float = 2.0,
+        k: float = 8.0,
+        b: float = 1.0,
+        c: float = 0.0,
+        stage_steps: int = 1000,
+    ):
+        if not P_std > 0:
+            raise ConfigError(f"training.method.P_std={P_std} must be > 0")
+        if not q > 1:
+            raise ConfigError(f"training.method.q={q} must be > 1 (t - r shrinks by q every stage)")
+        if k < 0 or b < 0 or c < 0:
+            raise ConfigError(f"training.method k={k}, b={b} and c={c} must be >= 0")
+        if not (isinstance(stage_steps, int) and stage_steps >= 1):
+            raise ConfigError(f"training.method.stage_steps={stage_steps} must be a positive integer")
+        self.P_mean, self.P_std, self.q, self.k, self.b, self.c = float(P_mean), float(P_std), float(q), float(k), float(b), float(c)
+        self.stage_steps = stage_steps
+
+    def check(self, denoiser: Denoiser) -> None:
+        """ECT's parametrisation is EDM's: f(x, 0) = x needs c_skip(0) = 1 and c_out(0) = 0, and c_noise = ln(t) / 4
+        must be what the pretrained network was taught."""
+        if not isinstance(denoiser.objective, EDMPreconditioning):
+            raise ConfigError(f"consistency tuning needs objective=edm (got {denoiser.objective.name}); fine-tune an EDM model")
+        if not isinstance(denoiser.schedule, EDMSchedule):
+            raise ConfigError(f"consistency tuning needs schedule=edm (got {type(denoiser.schedule).__name__}); fine-tune an EDM model")
+
+    def stage(self, step: int) -> int:
+        return step // self.stage_steps
+
+    def sample_t(self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
+        z = torch.randn(n, generator=generator, device="cpu")
+        return (self.P_mean + self.P_std * z).exp().to(device)
+
+    def __call__(
+        self,
+        denoiser: Denoiser,
+        x0: Tensor,
+        labels: Tensor | None = None,
+        step: int = 0,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Per-sample loss of a batch x0 at optimiser step ``step``; ``generator`` fixes t and eps (validation)."""
+        t = self.sample_t(x0.shape[0], x0.device, generator)
+        r = ect_r(t, self.stage(step), self.q, self.k, self.b)
+        eps = torch.randn(x0.shape, generator=generator).to(x0.device) if generator is not None else torch.randn_like(x0)
+        x0 = x0.float()
+        # Replaying the RNG gives f(x_r) the dropout mask of f(x_t) (ECT's "shared dropout mask").
+        devices = [x0.device] if x0.device.type != "cpu" else []
+        with torch.random.fork_rng(devices=devices, device_type=x0.device.type if devices else None):
+            f_t = denoiser(x0 + t.view(-1, 1, 1, 1) * eps, t, labels)
+        with torch.no_grad():
+            at_zero = r == 0
+            # c_noise = ln(r) / 4 is -inf at r = 0: evaluate there at t (discarded) and use f(x0, 0) = x0.
+            f_r = denoiser(x0 + r.view(-1, 1, 1, 1) * eps, torch.where(at_zero, t, r), labels)
+            f_r = torch.where(at_zero.view(-1, 1, 1, 1), x0, f_r)
+        return pseudo_huber(f_t - f_r, self.c) / (t - r)
+
+    def __repr__(self) -> str:
+        return (
+            f"ConsistencyTuning(P_mean={self.P_mean}, P_std={self.P_std}, q={self.q:g}, k={self.k:g}, b={self.b:g}, "
+            f"c={self.c:g}, stage_steps={self.stage_steps})"
+        )
+

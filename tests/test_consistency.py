@@ -1,0 +1,207 @@
+"""Easy Consistency Tuning (diffusion/core/consistency.py), the consistency sampler and ``init_from``.
+
+The closed form used throughout: for a one-point data set {y}, every probability-flow ODE trajectory ends at y,
+so the exact consistency function is f(x, t) = y for every x and t > 0 (and f(x, 0) = x).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import TINY_MODEL, compose_config, describe, raises_config_error, run_script, write_sprites
+from diffusion.core.consistency import ConsistencyTuning, ect_r, pseudo_huber
+from diffusion.core.denoiser import Denoiser
+from diffusion.core.objectives import EDMPreconditioning, EpsPrediction
+from diffusion.core.samplers.consistency import sample_consistency
+from diffusion.core.schedules import EDMSchedule, LinearSchedule
+from diffusion.training.builders import build_module, initialize_from, sampler_from_conf
+
+SD = 0.5
+
+
+class OnePointNet(nn.Module):
+    """The raw network F that makes the EDM-preconditioned D(x, t) equal to y for every x and t: it undoes c_in and
+    c_noise = ln(t) / 4 and returns (y - c_skip x) / c_out. ``offset`` and ``drift`` * t are added to that D (wrong
+    consistency functions with a known loss); ``drift`` is a weight, 0 at the exact function."""
+
+    def __init__(self, y: torch.Tensor, offset: float = 0.0):
+        super().__init__()
+        self.y, self.offset = y, offset
+        self.drift = nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+    def forward(self, x_in, c_noise, labels=None):
+        t = (4 * c_noise.double()).exp().view(-1, 1, 1, 1)
+        x = x_in.double() * (t**2 + SD**2).sqrt()
+        c_skip, c_out = SD**2 / (t**2 + SD**2), t * SD / (t**2 + SD**2).sqrt()
+        return (self.y + self.offset + self.drift * t - c_skip * x) / c_out
+
+
+def one_point(offset: float = 0.0):
+    y = torch.linspace(-1, 1, 3 * 4 * 4, dtype=torch.float64).reshape(1, 3, 4, 4)
+    return y, Denoiser(OnePointNet(y, offset), EDMPreconditioning(SD), EDMSchedule())
+
+
+# ------------------------------------------------------------------------------------ the mapping r(t)
+
+
+def test_mapping_function_is_ects():
+    t = torch.logspace(-3, 2, 200, dtype=torch.float64)
+    previous = torch.zeros_like(t)
+    for stage in range(12):
+        r = ect_r(t, stage)
+        assert (r >= 0).all() and (r < t).all()
+        assert (r >= previous).all()  # every stage moves r towards t
+        previous = r
+    # At stage 11 t - r is at most n(0) / q^12 = (1 + 8 / 2) / 2^12 of t: r -> t.
+    assert ((t - previous) / t).max() <= 5 / 2**12
+    # The closed form at one point: r / t = 1 - (1 + 8 sigmoid(-2)) / 2^(stage + 1), stage 2, t = 2.
+    expected = 2 * (1 - (1 + 8 / (1 + math.e**2)) / 2**3)
+    assert ect_r(torch.tensor([2.0], dtype=torch.float64), 2).item() == pytest.approx(expected, rel=1e-12)
+    # Stage 0 at small t: n(t) = 1 + 8 * 0.5 > 2, so r is clamped to 0 (the denoising loss).
+    assert ect_r(torch.tensor([1e-3]), 0).item() == 0
+
+
+# -------------------------------------------------------------------------------------------- the loss
+
+
+def test_loss_is_zero_for_the_exact_consistency_function():
+    y, f = one_point()
+    x0 = y.expand(64, -1, -1, -1)
+    method = ConsistencyTuning(stage_steps=1000)
+    for step in (0, 1000, 5000):  # r = 0 for some samples at stage 0, r close to t later
+        loss = method(f, x0, step=step, generator=torch.Generator().manual_seed(step))
+        assert loss.shape == (64,)
+        t = method.sample_t(64, generator=torch.Generator().manual_seed(step))
+        distance = loss * (t - ect_r(t, method.stage(step)))  # ||f(x_t) - f(x_r)||, float32 rounding only
+        assert distance.abs().max() < 1e-5 * y.norm()
+
+
+def test_loss_of_a_wrong_consistency_function_has_its_closed_form():
+    """f = y + a for t > 0: f(x_t) - f(x_r) is 0 where r > 0 and a where r = 0 (the target is x0 = y there), so the
+    per-sample loss is ||a|| / t exactly where r = 0, and 0 elsewhere."""
+    a = 0.1
+    y, f = one_point(offset=a)
+    x0 = y.expand(256, -1, -1, -1)
+    method = ConsistencyTuning()
+    loss = method(f, x0, step=0, generator=torch.Generator().manual_seed(0))
+    t = method.sample_t(256, generator=torch.Generator().manual_seed(0)).double()
+    at_zero = ect_r(t, 0) == 0
+    assert 0 < at_zero.sum() < 256  # both cases present
+    norm = a * math.sqrt(y.numel())
+    torch.testing.assert_close(loss[at_zero].double(), norm / t[at_zero], rtol=1e-4, atol=0)
+    assert loss[~at_zero].abs().max() < 1e-3
+    # iCT's pseudo-Huber: sqrt(||d||^2 + c^2) - c.
+    assert pseudo_huber(torch.full((1, 48), a), 0.2).item() == pytest.approx(math.sqrt(norm**2 + 0.04) - 0.2)
+
+
+def test_target_is_a_stopped_gradient():
+    """Only f(x_t, t) carries the gradient. With f = y + w t (w > 0) and r > 0, the loss is ||w (t - r) 1|| / (t - r);
+    through f(x_t) alone its gradient in w is t sqrt(d) / (t - r) per sample, through both sides it would be sqrt(d)."""
+    y, f = one_point()
+    x0 = y.expand(8, -1, -1, -1)
+    method = ConsistencyTuning(stage_steps=1)
+    with torch.no_grad():
+        f.net.drift.fill_(0.5)
+    loss = method(f, x0, step=3, generator=torch.Generator().manual_seed(0))  # stage 3: r >= t (1 - 5 / 16) > 0
+    loss.sum().backward()
+    t = method.sample_t(8, generator=torch.Generator().manual_seed(0)).double()
+    r = ect_r(t, 3)
+    assert (r > 0).all()
+    expected = (t * math.sqrt(y.numel()) / (t - r)).sum()
+    torch.testing.assert_close(f.net.drift.grad, expected, rtol=1e-3, atol=0)
+
+
+def test_consistency_tuning_refuses_a_non_edm_model():
+    method = ConsistencyTuning()
+    message = raises_config_error(method.check, Denoiser(nn.Identity(), EpsPrediction(), EDMSchedule()))
+    assert "objective=edm" in message and "\n" not in message
+    message = raises_config_error(method.check, Denoiser(nn.Identity(), EDMPreconditioning(), LinearSchedule()))
+    assert "schedule=edm" in message
+
+
+# ----------------------------------------------------------------------------------------- the sampler
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_sampler_lands_on_the_point(steps):
+    y, f = one_point()
+    calls = []
+
+    def counted(x, sigma):
+        calls.append((x.clone(), float(sigma)))
+        return f(x, sigma)
+
+    sampler = sampler_from_conf("consistency", steps)
+    sigmas = sampler.sigmas(EDMSchedule())
+    x = torch.randn(16, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 80
+    out = sample_consistency(counted, x, sigmas, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(out, y.expand_as(out).float(), rtol=0, atol=1e-5)
+    assert len(calls) == steps == sampler.nfe
+    assert calls[0][1] == pytest.approx(80)
+    if steps == 2:  # the CM papers' 2-step levels, and the noise added back at the second one
+        assert calls[1][1] == pytest.approx(0.821)
+        assert (calls[1][0] - y).std().item() == pytest.approx(0.821, rel=0.2)
+
+
+# ---------------------------------------------------------------------------------------------- init_from
+
+
+def tiny_module(*overrides: str):
+    cfg = compose_config("train", [*TINY_MODEL, "paths.output_dir=.", *overrides])
+    return build_module(cfg, 5, 16, [f"c{i}" for i in range(5)])
+
+
+def save_teacher(module, path):
+    torch.save({"state_dict": module.state_dict(), "diffusion": module.checkpoint_info()}, path)
+    return path
+
+
+def test_init_from_loads_the_teachers_weights(tmp_path):
+    torch.manual_seed(0)
+    teacher = tiny_module("schedule=edm", "objective=edm")
+    path = save_teacher(teacher, tmp_path / "teacher.ckpt")
+    torch.manual_seed(1)
+    student = tiny_module("experiment=ect")
+    assert isinstance(student.method, ConsistencyTuning)
+    key = "denoiser.net.out.weight" if "denoiser.net.out.weight" in student.state_dict() else next(iter(student.state_dict()))
+    assert not torch.equal(student.state_dict()[key], teacher.state_dict()[key])
+    initialize_from(student, path)
+    for name, value in teacher.state_dict().items():
+        assert torch.equal(student.state_dict()[name], value), name
+
+
+def test_init_from_refuses_another_objective_or_model(tmp_path):
+    student = tiny_module("experiment=ect")
+    eps = save_teacher(tiny_module(), tmp_path / "eps.ckpt")  # the default: linear schedule, eps objective
+    message = raises_config_error(initialize_from, student, eps)
+    assert "objective" in message and "EpsPrediction" in message and "\n" not in message
+    wider = save_teacher(tiny_module("schedule=edm", "objective=edm", "model.base_channels=16"), tmp_path / "wide.ckpt")
+    message = raises_config_error(initialize_from, student, wider)
+    assert "different model config" in message and "\n" not in message
+
+
+@pytest.mark.slow
+def test_ect_fine_tunes_a_trained_edm_model(tmp_path):
+    """A tiny EDM run, then `experiment=ect init_from=...`: checkpoints and a final grid appear, and with a
+    vanishing learning rate the fine-tuned weights are still the teacher's (the run started from them)."""
+    data = write_sprites(tmp_path / "sprites")
+    common = ["data=sprites", f"data.dir={data}", "callbacks.fid.every_n_epochs=0"]
+    teacher = run_script("train.py", *common, "schedule=edm", "objective=edm", f"hydra.run.dir={tmp_path / 'teacher'}")
+    assert teacher.returncode == 0, describe(teacher)
+    ckpt = tmp_path / "teacher" / "checkpoints" / "last.ckpt"
+    student = run_script(
+        "train.py", *common, "experiment=ect", f"init_from={ckpt}", "trainer.max_steps=2", "optimizer.lr=1e-12",
+        "callbacks.ema.decay=0.5", f"hydra.run.dir={tmp_path / 'ect'}",
+    )
+    assert student.returncode == 0, describe(student)
+    run = tmp_path / "ect"
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "samples" / "final.png").is_file()
+    start = torch.load(ckpt, weights_only=True)["state_dict"]
+    tuned = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert tuned["diffusion"]["config"]["module"]["method"]["_target_"] == "diffusion.core.consistency.ConsistencyTuning"
+    for name, value in start.items():
+        torch.testing.assert_close(tuned["current_model_state"][name], value, rtol=0, atol=1e-6, msg=name)
