@@ -256,3 +256,41 @@ def test_steps_above_T_raise_for_linear():
 def test_other_invalid_settings_raise(make):
     with pytest.raises(ConfigError):
         make()
+
+
+# --------------------------------------------------------------------------------- c_noise off the table
+
+
+def test_linear_with_one_step_tells_the_network_t_equals_T():
+    s = LinearSchedule(T=1, beta_start=0.1, beta_end=0.2)
+    assert s.c_noise(torch.tensor([s.sigma_max, 0.5 * s.sigma_max, 3.0])).tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("make", [CosineSchedule, SigmoidSchedule, lambda: CosineSchedule(s=0.0)])
+def test_continuous_c_noise_is_t_beyond_the_sampling_range(make):
+    """A churned sigma above sigma_max (Karras et al.'s gamma up to sqrt(2) - 1) reaches the network as its own t,
+    between t_max and 1, not clamped to t_max; likewise below sigma_min."""
+    s = make()
+    for sigma in [s.sigma_max * 2**0.5, s.sigma_max * 1.01, s.sigma_min / 2]:
+        t = float(s.c_noise(torch.tensor([sigma]))[0])
+        assert float(s.sigma_at(torch.tensor(t, dtype=torch.float64))) == pytest.approx(sigma, rel=1e-4)
+    above = float(s.c_noise(torch.tensor([s.sigma_max * 2**0.5]))[0])
+    assert s.t_max < above < 1
+    assert 0 < float(s.c_noise(torch.tensor([s.sigma_min / 2]))[0]) < s.t_min
+
+
+def test_linear_c_noise_extends_the_last_segment_above_sigma_max():
+    """Above sigma_max, t continues linearly in log(sigma) along the segment from t = T - 1 to T."""
+    s = LinearSchedule(T=500)
+    table = s.sigma_table
+    slope = 1 / math.log(table[-1] / table[-2])
+    sigma = 1.3 * s.sigma_max
+    expected = (500 + math.log(1.3) * slope) / 500
+    assert float(s.c_noise(torch.tensor([sigma]))[0]) == pytest.approx(expected, rel=1e-6)
+    assert expected > 1.01  # the clamp it replaces would have given exactly 1
+    assert float(s.c_noise(torch.tensor([0.0]))[0]) == 0.0  # floored at t = 0
+
+
+def test_full_steps_is_the_discrete_T():
+    assert LinearSchedule(T=37).full_steps == 37
+    assert CosineSchedule().full_steps == EDMSchedule().full_steps == 500

@@ -38,7 +38,7 @@ def sampler_for(name: str, steps: int, options: dict | None = None, spacing: str
     (DDPM and DDIM walk the schedule's levels, the Karras family the rho = 7 levels)."""
     sampler = sampler_from_conf(name, steps, **(options or {}))
     if spacing != "auto":
-        sampler = Sampler(sampler.fn, sampler.steps, spacing, sampler.rho, sampler.options, sampler.name)
+        sampler = sampler.replace(spacing=spacing)
     return sampler
 
 
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     quality = ImageQuality(feature, kid_subsets=args.kid_subsets)
     quality.update_real(datamodule.real_images("val"))
 
-    full_steps = getattr(module.schedule, "T", 500)
+    full_steps = module.schedule.full_steps
     plan = [(name, steps_for_nfe(sampler_from_conf(name).function, nfe), options_for(name, options), args.spacing) for nfe in args.nfe for name in args.samplers]
     if args.full_ddpm:
         plan.append(("ddpm", full_steps, {}, "schedule"))
