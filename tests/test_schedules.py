@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -294,3 +296,63 @@ def test_linear_c_noise_extends_the_last_segment_above_sigma_max():
 def test_full_steps_is_the_discrete_T():
     assert LinearSchedule(T=37).full_steps == 37
     assert CosineSchedule().full_steps == EDMSchedule().full_steps == 500
+
+
+# --------------------------------------------------------------------------------- draws, defaults, bounds
+
+
+@pytest.mark.parametrize("make", [LinearSchedule, CosineSchedule, SigmoidSchedule, EDMSchedule])
+def test_training_levels_are_a_function_of_the_generator(make):
+    """sample_sigma draws from the generator it is given, on the CPU, in the documented way: t ~ U{1..T}, t ~ U(t_min,
+    t_max) in float64, ln(sigma) = P_mean + P_std z. Same seed, same levels; the global RNG is not used."""
+    s = make()
+    torch.manual_seed(123)
+    drawn = s.sample_sigma(64, generator=torch.Generator().manual_seed(9))
+    torch.manual_seed(456)
+    assert torch.equal(drawn, s.sample_sigma(64, generator=torch.Generator().manual_seed(9)))
+    g = torch.Generator().manual_seed(9)
+    if isinstance(s, LinearSchedule):
+        expected = s.sigma_table[torch.randint(1, s.T + 1, (64,), generator=g) - 1].float()
+    elif isinstance(s, EDMSchedule):
+        expected = (-1.2 + 1.2 * torch.randn(64, generator=g)).exp()
+    else:
+        u = torch.rand(64, generator=g, dtype=torch.float64)
+        expected = s.sigma_at(s.t_min + u * (s.t_max - s.t_min)).float()
+    assert torch.equal(drawn, expected)
+    assert drawn.dtype == torch.float32 and drawn.device.type == "cpu"
+
+
+def test_class_defaults_are_the_configs_and_the_papers():
+    """The classes' defaults are conf/schedule/*.yaml's (Ho et al.'s T=500 course setup, Nichol & Dhariwal's s=0.008,
+    Chen's sigmoid, Karras et al.'s EDM) and conf/objective/edm.yaml's sigma_data = 0.5."""
+    from omegaconf import OmegaConf
+
+    from diffusion.core.objectives import EDMPreconditioning
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    for name, cls in [("linear", LinearSchedule), ("cosine", CosineSchedule), ("sigmoid", SigmoidSchedule), ("edm", EDMSchedule)]:
+        cfg = OmegaConf.to_container(OmegaConf.load(conf / "schedule" / f"{name}.yaml"))
+        cfg.pop("_target_")
+        defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
+        assert defaults == cfg, name
+    assert EDMPreconditioning().sigma_data == 0.5 == OmegaConf.load(conf / "objective" / "edm.yaml").sigma_data
+    edm = EDMSchedule()
+    assert (edm.P_mean, edm.P_std, edm.sigma_min, edm.sigma_max, edm.rho) == (-1.2, 1.2, 0.002, 80.0, 7.0)
+    assert (LinearSchedule().T, float(LinearSchedule().beta[1]), float(LinearSchedule().beta[-1])) == (500, 1e-4, 0.02)
+
+
+@pytest.mark.parametrize("make", [CosineSchedule, SigmoidSchedule, EDMSchedule])
+def test_sigma_range_bounds(make):
+    for bad in [dict(sigma_min=0.0), dict(sigma_min=1.0, sigma_max=1.0), dict(sigma_min=2.0, sigma_max=1.0)]:
+        with pytest.raises(ConfigError, match="sigma_min"):
+            make(**bad)
+    assert make(sigma_min=1e-4, sigma_max=1.0001e-4).sigma_max == pytest.approx(1.0001e-4)
+
+
+def test_edm_accepts_any_positive_rho_and_p_std():
+    s = EDMSchedule(rho=1.0, P_std=0.01)  # rho = 1: evenly spaced levels
+    sig = s.sigmas(5)[:-1].double()
+    np.testing.assert_allclose(torch.diff(sig).numpy(), float(sig[1] - sig[0]), rtol=1e-4)
+    for bad in [dict(rho=0.0), dict(P_std=0.0), dict(rho=-1.0)]:
+        with pytest.raises(ConfigError, match=r"^edm schedule needs 0 < sigma_min < sigma_max, P_std > 0 and rho > 0$"):
+            EDMSchedule(**bad)
