@@ -35,9 +35,17 @@ class Net(torch.nn.Module):
 def module(b: float = 0.5, label_dropout: float = 0.0, max_nonfinite_steps: int = 10, weight: float = 0.3):
     m = DiffusionModule(Net(weight), CosineSchedule(input_scale=b), VPrediction(), optimizer=torch.optim.Adam,
                         sampler=Sampler("ddim", steps=3), label_dropout=label_dropout, max_nonfinite_steps=max_nonfinite_steps)
-    m.logged = {}
-    m.log = lambda name, value, **kw: m.logged.__setitem__(name, float(value.detach()))
-    m._trainer = SimpleNamespace(global_step=7, strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all: decision))
+    m.logged, m.log_options = {}, {}
+
+    def log(name, value, **options):
+        m.logged[name], m.log_options[name] = float(value.detach()), options
+
+    def reduce_boolean_decision(decision, all):
+        assert all is True  # every rank must agree that the loss is finite
+        return decision
+
+    m.log = log
+    m._trainer = SimpleNamespace(global_step=7, strategy=SimpleNamespace(reduce_boolean_decision=reduce_boolean_decision))
     return m
 
 
@@ -67,6 +75,7 @@ def test_training_step_is_the_preconditioned_loss_on_scaled_data():
     noise = torch.randn_like(x0)
     assert float(loss) == pytest.approx(expected_loss(x0, labels, sigma, noise), rel=1e-5)
     assert m.logged["train/loss"] == pytest.approx(float(loss))
+    assert m.log_options["train/loss"] == {"prog_bar": True}
     assert m.denoiser.net.labels.tolist() == labels.tolist()
     loss.backward()  # a graph to the weights
     assert m.denoiser.net.weight.grad is not None
@@ -84,6 +93,7 @@ def test_validation_step_uses_fixed_draws_per_batch_and_keeps_labels():
     noise = torch.randn(x0.shape, generator=g)
     assert first == pytest.approx(expected_loss(x0, labels, sigma, noise), rel=1e-5)
     assert m.denoiser.net.labels.tolist() == labels.tolist()  # no label dropout in validation
+    assert m.log_options["val/loss"] == {"prog_bar": True, "sync_dist": True, "batch_size": 6}
     m.validation_step((x0, labels), 4)
     assert m.logged["val/loss"] != first
 
@@ -97,6 +107,14 @@ def test_nonfinite_losses_are_skipped_then_stop_training():
     assert m.training_step(bad, 3) is None and m.training_step(bad, 4) is None
     with pytest.raises(TrainingDiverged, match="3 steps in a row at step 7"):
         m.training_step(bad, 5)
+
+
+def test_training_drops_labels_and_an_unconditional_net_gets_none():
+    m = module(label_dropout=1.0)
+    m.training_step(batch(), 0)
+    assert m.denoiser.net.labels.tolist() == [3] * 6  # all replaced by the null class
+    m.denoiser.net.num_classes = 0
+    assert m._labels(torch.arange(6) % 3, drop=True) is None
 
 
 def test_negative_labels_are_clamped_to_class_zero():
