@@ -39,6 +39,29 @@ def test_registry_holds_exactly_the_sample_functions():
     assert samplers.is_stochastic(found["heun"]) is False and samplers.is_stochastic(found["ddim"]) is False
 
 
+def test_markers_and_defaults():
+    from diffusion.core.samplers.ancestral import sample_euler_ancestral
+    from diffusion.core.samplers.common import evaluations, model_evaluations, stochastic
+
+    plain = evaluations()(lambda: None)
+    assert (plain.evaluations_per_step, plain.evaluations_saved) == (1, 0) and model_evaluations(plain, 5) == 5
+    assert stochastic(lambda: None).stochastic is True
+    x = torch.ones(1, 3, 2, 2, dtype=torch.float64)
+    run = lambda **kw: sample_euler_ancestral(lambda x, s: 0.5 * x, x, SIGMAS, generator=torch.Generator().manual_seed(0), **kw)  # noqa: E731
+    assert torch.equal(run(), run(eta=1.0, s_noise=1.0))
+    d = lambda x, sigma, labels: labels.float().reshape(-1, 1, 1, 1).expand_as(x).clone()  # noqa: E731
+    assert conditioned(d, torch.tensor([1]), null_label=4)(torch.zeros(1, 1, 1, 1), torch.tensor(1.0)).item() == 1.0
+
+
+def test_denoiser_output_is_float32_whatever_sigma_dtype():
+    class Zero(torch.nn.Module):
+        def forward(self, x, c_noise, labels=None):
+            return torch.zeros_like(x)
+
+    out = Denoiser(Zero(), EpsPrediction(), LinearSchedule())(torch.ones(2, 3, 2, 2), torch.tensor(0.5, dtype=torch.float64))
+    assert out.dtype == torch.float32
+
+
 def test_deterministic_ddim_draws_no_noise():
     gen = torch.Generator().manual_seed(7)
     state = gen.get_state()

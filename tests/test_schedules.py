@@ -266,6 +266,7 @@ def test_other_invalid_settings_raise(make):
 def test_linear_with_one_step_tells_the_network_t_equals_T():
     s = LinearSchedule(T=1, beta_start=0.1, beta_end=0.2)
     assert s.c_noise(torch.tensor([s.sigma_max, 0.5 * s.sigma_max, 3.0])).tolist() == [1.0, 1.0, 1.0]
+    assert s.c_noise(torch.tensor([1.0], dtype=torch.float64)).dtype == torch.float32
 
 
 @pytest.mark.parametrize("make", [CosineSchedule, SigmoidSchedule, lambda: CosineSchedule(s=0.0)])
@@ -335,6 +336,8 @@ def test_class_defaults_are_the_configs_and_the_papers():
         cfg.pop("_target_")
         defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
         assert defaults == cfg, name
+        built = cls()
+        assert {k: getattr(built, k) for k in cfg if hasattr(built, k)} == {k: v for k, v in cfg.items() if hasattr(built, k)}
     assert EDMPreconditioning().sigma_data == 0.5 == OmegaConf.load(conf / "objective" / "edm.yaml").sigma_data
     edm = EDMSchedule()
     assert (edm.P_mean, edm.P_std, edm.sigma_min, edm.sigma_max, edm.rho) == (-1.2, 1.2, 0.002, 80.0, 7.0)
