@@ -22,8 +22,9 @@ bench: $(VENV)/.installed
 	$(BIN)/python -m diffusion.tools.bench $(ARGS)
 
 # Mutation testing of the diffusion math against its fast tests ([tool.mutmut] in pyproject.toml; BENCHMARKS.md).
-# CPU heavy: niced, one test process at a time, stopped after MUTANTS_TIMEOUT seconds; `mutants/` keeps the results,
-# so a second run re-tests only what changed. Then the score on the core functions and the surviving mutants.
+# CPU heavy: niced, one test process at a time, stopped after MUTANTS_TIMEOUT seconds. `mutants/` keeps the results
+# and a second run re-tests only functions whose code changed: after adding tests, delete mutants/ (or pass the
+# survivors' names in ARGS and delete mutants/mutmut-stats.json). Then the score and the surviving mutants.
 MUTANTS_TIMEOUT ?= 3600
 mutants: $(VENV)/.installed
 	CI=true nice -n 15 timeout $(MUTANTS_TIMEOUT) $(BIN)/python tests/mutation.py run --max-children 1 $(ARGS)
