@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: train test bench clean-venv
+.PHONY: train test bench mutants clean-venv
 
 # Re-install only when a requirements file changed since the last install.
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -20,6 +20,15 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python -m diffusion.tools.bench $(ARGS)
+
+# Mutation testing of the diffusion math against its fast tests ([tool.mutmut] in pyproject.toml; BENCHMARKS.md).
+# CPU heavy: niced, one test process at a time, stopped after MUTANTS_TIMEOUT seconds. `mutants/` keeps the results
+# and a second run re-tests only functions whose code changed: after adding tests, delete mutants/ (or pass the
+# survivors' names in ARGS and delete mutants/mutmut-stats.json). Then the score and the surviving mutants.
+MUTANTS_TIMEOUT ?= 3600
+mutants: $(VENV)/.installed
+	CI=true nice -n 15 timeout $(MUTANTS_TIMEOUT) $(BIN)/python tests/mutation.py run --max-children 1 $(ARGS)
+	$(BIN)/python tests/mutation.py score
 
 clean-venv:
 	rm -rf $(VENV)

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -90,10 +91,12 @@ def run_script(
     tiny: bool = True,
     env: dict[str, str] | None = None,
     timeout: float = 300,
+    **popen: Any,
 ) -> subprocess.CompletedProcess:
     """Run ``train.py`` or ``sample.py`` with this interpreter from the repository root.
 
-    ``tiny`` adds the tiny-model/short-run overrides for train.py (ignored for sample.py)."""
+    ``tiny`` adds the tiny-model/short-run overrides for train.py (ignored for sample.py); ``popen`` goes to
+    ``subprocess.run`` (``preexec_fn=``: prepare the child, e.g. drop capabilities)."""
     args = list(overrides)
     if tiny and script == "train.py":
         args = TINY_TRAIN + args
@@ -106,6 +109,7 @@ def run_script(
         capture_output=True,
         text=True,
         timeout=timeout,
+        **popen,
     )
 
 

@@ -59,9 +59,14 @@ def test_the_collapse_command_prints_both_ways_and_writes_the_picture(tiny_run, 
     out = tmp_path / "collapse.png"
     rows = collapse.run(collapse.build_parser().parse_args([str(tiny_run.ckpt), "--n", "4", "--out", str(out)]))
     assert [r["add_noise"] for r in rows] == [True, False]
-    assert all(r["spread"] >= 0 and r["detail"] >= 0 for r in rows)
+    # The 4-step tiny run's samples are clamped noise: per-pixel variance across samples near the bound 1 of values in
+    # [-1, 1] (n/(n-1) with the unbiased estimate), neighbours almost independent, |a - b| about 1 (measured: spread
+    # 0.96 and 0.94, detail 1.00 and 1.00). Validation sprites are far smoother (spread 0.34, detail 0.68).
+    for r in rows:
+        assert 0.7 < r["spread"] < 4 / 3 and 0.8 < r["detail"] < 1.2, r
     printed = capsys.readouterr().out
-    assert "validation images: spread" in printed and "DDPM add_noise=false" in printed
+    assert "validation images: spread 0.339, detail 0.679" in printed
+    assert f"DDPM add_noise=false: spread {rows[1]['spread']:.3f}, detail {rows[1]['detail']:.3f}" in printed
     from PIL import Image
 
     from diffusion.data.images import grid

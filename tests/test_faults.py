@@ -22,6 +22,7 @@ run directory, which the test checks, so the half-written temporary file can be 
 from __future__ import annotations
 
 import csv
+import ctypes
 import json
 import os
 import shutil
@@ -405,37 +406,61 @@ def test_run_dir_that_cannot_be_created(tmp_path):
     assert blocker.read_text() == "not a directory"
 
 
+DAC_CAPABILITIES = (1, 2, 3)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER (linux/capability.h)
+
+
+def drop_dac_capabilities() -> None:
+    """In the child before exec: remove from the bounding set the capabilities that let root write through file
+    modes (or change them), so that the command, still root, meets 0o500 as its owner does (PR_CAPBSET_DROP = 24)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in DAC_CAPABILITIES:
+        if libc.prctl(24, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), f"prctl(PR_CAPBSET_DROP, {cap})")
+
+
+def can_drop_dac_capabilities() -> bool:
+    try:
+        return subprocess.run(["true"], preexec_fn=drop_dac_capabilities).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
 @contextmanager
 def unwritable(directory: Path):
-    """Make ``directory`` refuse new files, then undo it. Mode 0o500 does that for an ordinary user; root
-    writes through file modes (os.access rightly says yes), so as root the directory is made immutable
-    (chattr +i), which stops root too; where that is not allowed the test is skipped."""
-    if os.geteuid() != 0:
-        directory.chmod(0o500)
-        try:
-            yield
-        finally:
-            directory.chmod(0o700)
-        return
-    if shutil.which("chattr") is None:
-        pytest.skip("running as root, where mode 0o500 does not stop writes, and chattr is not installed")
-    proc = subprocess.run(["chattr", "+i", str(directory)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"running as root, where mode 0o500 does not stop writes, and chattr +i is refused: {proc.stderr.strip()}")
+    """Make ``directory`` refuse new files to a command run with the yielded ``run_script`` keywords, then undo it.
+
+    Mode 0o500 does that for an ordinary user. Root writes through file modes (os.access rightly says yes), so as
+    root the command also runs without the capabilities that allow it (``drop_dac_capabilities``); where root may not
+    drop them, the directory is made immutable (chattr +i), which stops root too; only where neither is allowed is
+    the test skipped."""
+    directory.chmod(0o500)
     try:
-        yield
+        if os.geteuid() != 0:
+            yield {}
+        elif can_drop_dac_capabilities():
+            yield {"preexec_fn": drop_dac_capabilities}
+        elif shutil.which("chattr") is None:
+            pytest.skip("running as root, which may neither drop CAP_DAC_OVERRIDE nor use chattr (not installed)")
+        else:
+            proc = subprocess.run(["chattr", "+i", str(directory)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                pytest.skip(f"running as root, which may neither drop CAP_DAC_OVERRIDE nor chattr +i: {proc.stderr.strip()}")
+            try:
+                yield {}
+            finally:
+                subprocess.run(["chattr", "-i", str(directory)], check=True)
     finally:
-        subprocess.run(["chattr", "-i", str(directory)], check=True)
+        directory.chmod(0o700)
 
 
 def test_unwritable_run_dir_is_reported_before_training(tmp_path):
     data_dir = write_sprites(tmp_path / "data")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    with unwritable(run_dir):
-        with pytest.raises(OSError):
-            (run_dir / "probe").touch()
-        proc = run_script("train.py", "data=sprites", f"data.dir={data_dir}", f"hydra.run.dir={run_dir}")
+    with unwritable(run_dir) as how:
+        probe = subprocess.run([sys.executable, "-c", f"open({str(run_dir / 'probe')!r}, 'w')"], capture_output=True, **how)
+        assert probe.returncode != 0 and not (run_dir / "probe").exists()  # the fault is in place
+        proc = run_script("train.py", "data=sprites", f"data.dir={data_dir}", f"hydra.run.dir={run_dir}", **how)
     assert proc.returncode == 2, describe(proc)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: run directory {run_dir} is not writable"), describe(proc)

@@ -36,6 +36,7 @@ from diffusers import (  # noqa: E402
     UniPCMultistepScheduler,
 )
 
+from diffusion.core.denoiser import clip_denoised  # noqa: E402
 from diffusion.core.samplers.ancestral import sample_ddim, sample_ddpm  # noqa: E402
 from diffusion.core.samplers.multistep import sample_dpmpp_2m  # noqa: E402
 from diffusion.core.samplers.ode import sample_euler, sample_heun, sample_lms  # noqa: E402
@@ -201,6 +202,27 @@ def test_ddpm_matches_diffusers(dtype, variance, T, steps):
     # (and by us, from float32 sigmas): with beta ~ 1e-4 that is a 1e-3 relative error per step, so compare at 2e-3.
     tol = F64 if dtype == torch.float64 else dict(rtol=2e-3, atol=2e-3)
     _assert_close(ours, theirs, tol, f"ddpm/{variance} T={T} steps={steps} {dtype}")
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_ddpm_with_clipped_x0_matches_diffusers(mode):
+    """``clip_denoised`` against diffusers' ``clip_sample`` and ``thresholding`` (Saharia et al. 2022; diffusers'
+    sample_max_value cap lifted so that s = max(quantile, 1) as in the paper)."""
+    options = dict(clip_sample=True) if mode == "static" else dict(thresholding=True, sample_max_value=1e9)
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", **options)
+    _promote(sched)
+    sched.set_timesteps(20)
+    sigmas = _vp_sigmas(sched, sched.timesteps)
+    x_vp = 2 * _start()
+    theirs, gen = x_vp.clone(), torch.Generator().manual_seed(1)
+    for t in sched.timesteps:
+        theirs = sched.step(eps_model(theirs, t), t, theirs, generator=gen).prev_sample
+    denoiser = clip_denoised(Translated(sigmas[:-1], sched.timesteps), mode, 0.995)
+    ours = sample_ddpm(denoiser, x_vp * (1 + sigmas[0] ** 2).sqrt(), sigmas, generator=torch.Generator().manual_seed(1))
+    _assert_close(ours, theirs, F64, f"ddpm clip={mode}")
+    unclipped = sample_ddpm(Translated(sigmas[:-1], sched.timesteps), x_vp * (1 + sigmas[0] ** 2).sqrt(), sigmas,
+                            generator=torch.Generator().manual_seed(1))
+    assert (unclipped - ours).abs().max() > 0.1  # the clipping was active
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

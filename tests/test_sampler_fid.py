@@ -24,7 +24,14 @@ def test_rows_for_every_sampler_budget_and_the_extra_rows(tiny_run, tmp_path):
         ("heun s_churn=2", 2, 3, "karras"),  # Heun's steps fit the budget: 2 * 2 - 1 evaluations
         ("ddpm (z=0)", 500, 500, "schedule"),  # the collapse row: DDPM over all T levels without the added noise
     ]
-    assert all(r["fid"] >= 0 and r["n"] == 8 for r in rows)
+    assert all(r["n"] == 8 for r in rows)
+    # Training against validation images is the same distribution: FID near 0 (measured 0.011, KID 4e-6). The 4-step
+    # tiny run's samples are noise, far from it (measured FID 0.39-0.44, KID ~0.009): a metric that returned 0, or
+    # compared the real images with themselves, fails here.
+    floor, *sampled = rows
+    assert 0 <= floor["fid"] < 0.05 and abs(floor["kid"]) < 1e-3
+    for r in sampled:
+        assert 0.2 < r["fid"] < 2 and r["fid"] > 10 * floor["fid"] and r["kid"] > 1e-3, r
 
 
 def test_options_must_be_key_number_pairs(tiny_run, capsys):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,3 +258,104 @@ def test_steps_above_T_raise_for_linear():
 def test_other_invalid_settings_raise(make):
     with pytest.raises(ConfigError):
         make()
+
+
+# --------------------------------------------------------------------------------- c_noise off the table
+
+
+def test_linear_with_one_step_tells_the_network_t_equals_T():
+    s = LinearSchedule(T=1, beta_start=0.1, beta_end=0.2)
+    assert s.c_noise(torch.tensor([s.sigma_max, 0.5 * s.sigma_max, 3.0])).tolist() == [1.0, 1.0, 1.0]
+    assert s.c_noise(torch.tensor([1.0], dtype=torch.float64)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("make", [CosineSchedule, SigmoidSchedule, lambda: CosineSchedule(s=0.0)])
+def test_continuous_c_noise_is_t_beyond_the_sampling_range(make):
+    """A churned sigma above sigma_max (Karras et al.'s gamma up to sqrt(2) - 1) reaches the network as its own t,
+    between t_max and 1, not clamped to t_max; likewise below sigma_min."""
+    s = make()
+    for sigma in [s.sigma_max * 2**0.5, s.sigma_max * 1.01, s.sigma_min / 2]:
+        t = float(s.c_noise(torch.tensor([sigma]))[0])
+        assert float(s.sigma_at(torch.tensor(t, dtype=torch.float64))) == pytest.approx(sigma, rel=1e-4)
+    above = float(s.c_noise(torch.tensor([s.sigma_max * 2**0.5]))[0])
+    assert s.t_max < above < 1
+    assert 0 < float(s.c_noise(torch.tensor([s.sigma_min / 2]))[0]) < s.t_min
+
+
+def test_linear_c_noise_extends_the_last_segment_above_sigma_max():
+    """Above sigma_max, t continues linearly in log(sigma) along the segment from t = T - 1 to T."""
+    s = LinearSchedule(T=500)
+    table = s.sigma_table
+    slope = 1 / math.log(table[-1] / table[-2])
+    sigma = 1.3 * s.sigma_max
+    expected = (500 + math.log(1.3) * slope) / 500
+    assert float(s.c_noise(torch.tensor([sigma]))[0]) == pytest.approx(expected, rel=1e-6)
+    assert expected > 1.01  # the clamp it replaces would have given exactly 1
+    assert float(s.c_noise(torch.tensor([0.0]))[0]) == 0.0  # floored at t = 0
+
+
+def test_full_steps_is_the_discrete_T():
+    assert LinearSchedule(T=37).full_steps == 37
+    assert CosineSchedule().full_steps == EDMSchedule().full_steps == 500
+
+
+# --------------------------------------------------------------------------------- draws, defaults, bounds
+
+
+@pytest.mark.parametrize("make", [LinearSchedule, CosineSchedule, SigmoidSchedule, EDMSchedule])
+def test_training_levels_are_a_function_of_the_generator(make):
+    """sample_sigma draws from the generator it is given, on the CPU, in the documented way: t ~ U{1..T}, t ~ U(t_min,
+    t_max) in float64, ln(sigma) = P_mean + P_std z. Same seed, same levels; the global RNG is not used."""
+    s = make()
+    torch.manual_seed(123)
+    drawn = s.sample_sigma(64, generator=torch.Generator().manual_seed(9))
+    torch.manual_seed(456)
+    assert torch.equal(drawn, s.sample_sigma(64, generator=torch.Generator().manual_seed(9)))
+    g = torch.Generator().manual_seed(9)
+    if isinstance(s, LinearSchedule):
+        expected = s.sigma_table[torch.randint(1, s.T + 1, (64,), generator=g) - 1].float()
+    elif isinstance(s, EDMSchedule):
+        expected = (-1.2 + 1.2 * torch.randn(64, generator=g)).exp()
+    else:
+        u = torch.rand(64, generator=g, dtype=torch.float64)
+        expected = s.sigma_at(s.t_min + u * (s.t_max - s.t_min)).float()
+    assert torch.equal(drawn, expected)
+    assert drawn.dtype == torch.float32 and drawn.device.type == "cpu"
+
+
+def test_class_defaults_are_the_configs_and_the_papers():
+    """The classes' defaults are conf/schedule/*.yaml's (Ho et al.'s T=500 course setup, Nichol & Dhariwal's s=0.008,
+    Chen's sigmoid, Karras et al.'s EDM) and conf/objective/edm.yaml's sigma_data = 0.5."""
+    from omegaconf import OmegaConf
+
+    from diffusion.core.objectives import EDMPreconditioning
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    for name, cls in [("linear", LinearSchedule), ("cosine", CosineSchedule), ("sigmoid", SigmoidSchedule), ("edm", EDMSchedule)]:
+        cfg = OmegaConf.to_container(OmegaConf.load(conf / "schedule" / f"{name}.yaml"))
+        cfg.pop("_target_")
+        defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
+        assert defaults == cfg, name
+        built = cls()
+        assert {k: getattr(built, k) for k in cfg if hasattr(built, k)} == {k: v for k, v in cfg.items() if hasattr(built, k)}
+    assert EDMPreconditioning().sigma_data == 0.5 == OmegaConf.load(conf / "objective" / "edm.yaml").sigma_data
+    edm = EDMSchedule()
+    assert (edm.P_mean, edm.P_std, edm.sigma_min, edm.sigma_max, edm.rho) == (-1.2, 1.2, 0.002, 80.0, 7.0)
+    assert (LinearSchedule().T, float(LinearSchedule().beta[1]), float(LinearSchedule().beta[-1])) == (500, 1e-4, 0.02)
+
+
+@pytest.mark.parametrize("make", [CosineSchedule, SigmoidSchedule, EDMSchedule])
+def test_sigma_range_bounds(make):
+    for bad in [dict(sigma_min=0.0), dict(sigma_min=1.0, sigma_max=1.0), dict(sigma_min=2.0, sigma_max=1.0)]:
+        with pytest.raises(ConfigError, match="sigma_min"):
+            make(**bad)
+    assert make(sigma_min=1e-4, sigma_max=1.0001e-4).sigma_max == pytest.approx(1.0001e-4)
+
+
+def test_edm_accepts_any_positive_rho_and_p_std():
+    s = EDMSchedule(rho=1.0, P_std=0.01)  # rho = 1: evenly spaced levels
+    sig = s.sigmas(5)[:-1].double()
+    np.testing.assert_allclose(torch.diff(sig).numpy(), float(sig[1] - sig[0]), rtol=1e-4)
+    for bad in [dict(rho=0.0), dict(P_std=0.0), dict(rho=-1.0)]:
+        with pytest.raises(ConfigError, match=r"^edm schedule needs 0 < sigma_min < sigma_max, P_std > 0 and rho > 0$"):
+            EDMSchedule(**bad)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from diffusion.core.errors import ConfigError
 from diffusion.core.objectives import Objective
 from diffusion.core.schedules import Schedule
 
@@ -27,10 +28,19 @@ class Denoiser(nn.Module):
         self.objective = objective
         self.schedule = schedule
 
+    def c_in(self, sigma: Tensor) -> Tensor:
+        """The objective's input scaling for data multiplied by the schedule's ``input_scale`` b.
+
+        x = b x0 + sigma eps is b times (x0 + (sigma / b) eps), so the input that has the objective's intended
+        variance is c_in(sigma / b) / b: 1 / sqrt(b^2 + sigma^2) for the VP objectives, Chen 2023's normalised
+        input (sec. 3.2), and 1 / sqrt(b^2 sigma_data^2 + sigma^2) for EDM's.
+        """
+        b = self.schedule.input_scale
+        return self.objective.c_in(sigma / b) / b
+
     def raw(self, x: Tensor, sigma: Tensor, labels: Tensor | None) -> Tensor:
         """F evaluated on the preconditioned input, returned in float32 whatever the autocast dtype."""
-        c_in = self.objective.c_in(sigma)
-        return self.net(c_in * x, self.schedule.c_noise(sigma).flatten(), labels).float()
+        return self.net(self.c_in(sigma) * x, self.schedule.c_noise(sigma).flatten(), labels).float()
 
     def forward(self, x: Tensor, sigma: Tensor, labels: Tensor | None = None) -> Tensor:
         sigma = _per_sample(sigma, x)
@@ -60,3 +70,31 @@ def conditioned(denoiser: Denoiser, labels: Tensor | None, guidance: float = 0.0
         return cond + guidance * (cond - uncond)
 
     return guided
+
+
+CLIP_MODES = ("static", "dynamic")
+
+
+def clip_denoised(denoiser: DenoiserFn, mode: str | None, percentile: float = 0.995, data_range: float = 1.0) -> DenoiserFn:
+    """Keep the x0 estimate inside the data range [-data_range, data_range] before the sampler uses it.
+
+    ``static`` clips it (DDPM's and DDIM's ``clip_sample``); ``dynamic`` is Saharia et al. 2022 ("Imagen",
+    sec. 2.3): per sample, s = max(the ``percentile`` quantile of |x0| / data_range, 1), then x0 is clipped to
+    [-s, s] and divided by s, which pulls saturated pixels inward instead of flattening them. ``None`` leaves
+    the denoiser as it is. Meant for eps- and v-prediction models, whose x0 estimate can leave the data range.
+    """
+    if mode is None:
+        return denoiser
+    if mode not in CLIP_MODES:
+        raise ConfigError(f"unknown clip_denoised={mode!r}; choose one of {', '.join(CLIP_MODES)} or null")
+    if not 0 < percentile <= 1:
+        raise ConfigError(f"clip_percentile={percentile} must be in (0, 1], e.g. 0.995")
+
+    def clipped(x: Tensor, sigma: Tensor) -> Tensor:
+        x0 = denoiser(x, sigma) / data_range
+        if mode == "static":
+            return x0.clamp(-1, 1) * data_range
+        s = torch.quantile(x0.abs().flatten(1), percentile, dim=1).clamp(min=1).reshape(-1, *[1] * (x0.dim() - 1))
+        return (torch.maximum(torch.minimum(x0, s), -s) / s) * data_range
+
+    return clipped

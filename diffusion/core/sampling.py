@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffusion.core.denoiser import Denoiser, conditioned
+from diffusion.core.denoiser import CLIP_MODES, Denoiser, clip_denoised, conditioned
 from diffusion.core.errors import ConfigError
 from diffusion.core import samplers
 from diffusion.core.samplers.common import Callback, model_evaluations
@@ -50,6 +50,9 @@ class Sampler:
             sampler (``conf/sampler/consistency.yaml``) ends its spacing at a level well above 0.
         options: keyword options of the sampler function (eta, add_noise, variance, order, s_churn, ...).
         name: a label for tables and file names; by default the function's name without ``sample_``.
+        clip_denoised: None, "static" or "dynamic": keep the x0 estimate in the data range before each step
+            (``denoiser.clip_denoised``; for eps- and v-prediction models).
+        clip_percentile: the quantile of |x0| that dynamic thresholding scales by (Saharia et al. 2022: 0.995).
     """
 
     def __init__(
@@ -61,8 +64,15 @@ class Sampler:
         options: Mapping[str, Any] | None = None,
         name: str | None = None,
         sigma_min: float | None = None,
+        clip_denoised: str | None = None,
+        clip_percentile: float = 0.995,
     ):
         self.function = resolve_function(fn)
+        if clip_denoised is not None and clip_denoised not in CLIP_MODES:
+            raise ConfigError(f"unknown sampler.clip_denoised={clip_denoised!r}; choose one of {', '.join(CLIP_MODES)} or null")
+        if not 0 < clip_percentile <= 1:
+            raise ConfigError(f"sampler.clip_percentile={clip_percentile} must be in (0, 1], e.g. 0.995")
+        self.clip_denoised, self.clip_percentile = clip_denoised, float(clip_percentile)
         if spacing not in SPACINGS:
             raise ConfigError(f"unknown sampler spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
         if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
@@ -75,7 +85,13 @@ class Sampler:
         self.sigma_min = None if sigma_min is None else float(sigma_min)
 
     def with_steps(self, steps: int) -> Sampler:
-        return Sampler(self.fn, steps, self.spacing, self.rho, self.options, self.name, self.sigma_min)
+        return self.replace(steps=steps)
+
+    def replace(self, **changes: Any) -> Sampler:
+        """A copy with some constructor arguments changed (``steps``, ``spacing``, ...)."""
+        args = dict(fn=self.fn, steps=self.steps, spacing=self.spacing, rho=self.rho, options=self.options, name=self.name,
+                    sigma_min=self.sigma_min, clip_denoised=self.clip_denoised, clip_percentile=self.clip_percentile)
+        return Sampler(**{**args, **changes})
 
     @property
     def nfe(self) -> int:
@@ -129,5 +145,7 @@ def generate(
     # Only ever switch autocast on: bf16=False leaves a caller's own autocast context in force.
     precision = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     with precision:
-        x = sampler.function(conditioned(denoiser, labels, guidance, null_label), x, sigmas, generator=generator, callback=callback, **sampler.options)
+        fn = conditioned(denoiser, labels, guidance, null_label)
+        fn = clip_denoised(fn, sampler.clip_denoised, sampler.clip_percentile, data_range=schedule.input_scale)
+        x = sampler.function(fn, x, sigmas, generator=generator, callback=callback, **sampler.options)
     return (x / schedule.input_scale).clamp(-1, 1)

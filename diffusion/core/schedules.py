@@ -72,6 +72,12 @@ class Schedule:
         _check_steps(steps)
         return get_sigmas_karras(steps, self.sigma_min, self.sigma_max, rho)
 
+    @property
+    def full_steps(self) -> int:
+        """Levels of a "full" ancestral run (``sampler_fid --full-ddpm``, ``collapse``): a discrete schedule's T;
+        continuous-time schedules have no T and take the course's 500."""
+        return 500
+
 
 class LinearSchedule(Schedule):
     """The discrete DDPM schedule (Ho et al. 2020): beta_t linear from beta_start to beta_end, t = 1..T.
@@ -109,14 +115,24 @@ class LinearSchedule(Schedule):
         t = torch.randint(1, self.T + 1, (n,), generator=generator, device="cpu").to(device)
         return self.sigma_at(t)
 
+    @property
+    def full_steps(self) -> int:
+        return self.T
+
     def timestep(self, sigma: Tensor) -> Tensor:
-        """Fractional t for a noise level, interpolating log(sigma) between table entries."""
+        """Fractional t for a noise level, interpolating log(sigma) linearly between table entries.
+
+        Beyond the table the end segments are extended (so a churned sigma above sigma_max reaches the network as
+        a t above T, not as T), floored at t = 0. With T = 1 there is no segment: every sigma is t = 1.
+        """
+        if self.T == 1:
+            return torch.ones_like(sigma, dtype=torch.float32)
         log_table = self.sigma_table.log().to(sigma.device)
-        log_sigma = sigma.double().clamp(self.sigma_min, self.sigma_max).log()
+        log_sigma = sigma.double().clamp(min=torch.finfo(torch.float64).tiny).log()
         hi = torch.searchsorted(log_table, log_sigma).clamp(1, self.T - 1)
         lo = hi - 1
         w = (log_sigma - log_table[lo]) / (log_table[hi] - log_table[lo])
-        return (lo + 1 + w).float()
+        return (lo + 1 + w).clamp(min=0).float()
 
     def c_noise(self, sigma):
         return self.timestep(sigma) / self.T
@@ -133,7 +149,9 @@ class ContinuousVPSchedule(Schedule):
     """A variance-preserving schedule in continuous time t in [0, 1], defined by alpha_bar(t).
 
     t is drawn uniformly for training; t is capped where sigma reaches ``sigma_max`` (alpha_bar
-    reaches 0 at t = 1, an infinite sigma) and floored where it reaches ``sigma_min``.
+    reaches 0 at t = 1, an infinite sigma) and floored where it reaches ``sigma_min``. ``c_noise`` is t itself,
+    defined for every sigma >= 0 (sigma -> infinity is t -> 1), so a churned sigma above ``sigma_max`` reaches
+    the network as its own t rather than as t_max.
     """
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, input_scale: float = 1.0):
@@ -161,7 +179,7 @@ class ContinuousVPSchedule(Schedule):
         return self.sigma_at(self.t_min + u * (self.t_max - self.t_min)).float().to(device)
 
     def c_noise(self, sigma):
-        return self.t_from_sigma(sigma.double().clamp(self.sigma_min, self.sigma_max)).float()
+        return self.t_from_sigma(sigma.double()).float()
 
     def sigmas(self, steps):
         _check_steps(steps)

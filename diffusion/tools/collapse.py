@@ -39,7 +39,7 @@ def detail(x: torch.Tensor) -> float:
 
 def ddpm_both_ways(module, n: int, seed: int) -> dict[bool, torch.Tensor]:
     """n labelled DDPM samples over all of the schedule's levels, from the same noise, with and without z."""
-    steps = getattr(module.schedule, "T", 500)
+    steps = module.schedule.full_steps
     labels = class_cycle(n, module.num_classes)
     return {
         add_noise: module.sample(n, labels=labels, sampler=Sampler("ddpm", steps, "schedule", options={"add_noise": add_noise}),

@@ -39,7 +39,7 @@ def sampler_for(name: str, steps: int, options: dict | None = None, spacing: str
     (DDPM and DDIM walk the schedule's levels, the Karras family the rho = 7 levels)."""
     sampler = sampler_from_conf(name, steps, **(options or {}))
     if spacing != "auto":
-        sampler = Sampler(sampler.fn, sampler.steps, spacing, sampler.rho, sampler.options, sampler.name, sampler.sigma_min)
+        sampler = sampler.replace(spacing=spacing)
     return sampler
 
 
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     counts = datamodule.class_counts("val") if args.labels == "data" and module.num_classes else None
     labels = sample_labels(args.n, module.num_classes, counts, args.labels)
 
-    full_steps = getattr(module.schedule, "T", 500)
+    full_steps = module.schedule.full_steps
     plan = []
     for nfe in args.nfe:
         for name in args.samplers:

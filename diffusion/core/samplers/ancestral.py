@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -39,12 +41,12 @@ def sample_ddpm(
         ab, ab_next = alpha_bar(sigma), alpha_bar(sigma_next)
         alpha = ab / ab_next
         beta = 1 - alpha
-        mean = (x * ab.sqrt() - beta / (1 - ab).sqrt() * eps) / alpha.sqrt()
+        mean = (x * math.sqrt(ab) - beta / math.sqrt(1 - ab) * eps) / math.sqrt(alpha)
         x_vp = mean
         if add_noise and sigma_next > 0:
             var = beta * (1 - ab_next) / (1 - ab) if variance == "posterior" else beta
-            x_vp = mean + var.sqrt() * noise_like(x, generator)
-        x = x_vp / ab_next.sqrt()
+            x_vp = mean + math.sqrt(var) * noise_like(x, generator)
+        x = x_vp / math.sqrt(ab_next)
         notify(callback, i, x, denoised)
     return x
 
@@ -67,11 +69,11 @@ def sample_ddim(
         denoised = denoiser(x, sigma)
         eps = (x - denoised) / sigma
         ab, ab_next = alpha_bar(sigma), alpha_bar(sigma_next)
-        s_eta = eta * ((1 - ab_next) / (1 - ab) * (1 - ab / ab_next)).sqrt()
-        x_vp = ab_next.sqrt() * denoised + (1 - ab_next - s_eta**2).clamp(min=0).sqrt() * eps
+        s_eta = eta * math.sqrt((1 - ab_next) / (1 - ab) * (1 - ab / ab_next))
+        x_vp = math.sqrt(ab_next) * denoised + math.sqrt(max(1 - ab_next - s_eta**2, 0.0)) * eps
         if eta > 0 and sigma_next > 0:
             x_vp = x_vp + s_eta * noise_like(x, generator)
-        x = x_vp / ab_next.sqrt()
+        x = x_vp / math.sqrt(ab_next)
         notify(callback, i, x, denoised)
     return x
 
@@ -93,16 +95,19 @@ def sample_euler_ancestral(
     sigmas: Tensor,
     *,
     eta: float = 1.0,
+    s_noise: float = 1.0,
     generator: torch.Generator | None = None,
     callback: Callback = None,
 ) -> Tensor:
-    """Euler steps down to sigma_down, then noise of size sigma_up added back (ancestral sampling)."""
+    """Euler steps down to sigma_down, then noise of size s_noise * sigma_up added back (ancestral sampling, as in
+    k-diffusion; s_noise slightly above 1 offsets the detail that the denoiser's errors remove, Karras et al.
+    2022, sec. 4)."""
     for i in range(len(sigmas) - 1):
         denoised = denoiser(x, sigmas[i])
         sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta)
         d = (x - denoised) / sigmas[i]
         x = x + d * (sigma_down - sigmas[i])
         if sigmas[i + 1] > 0:
-            x = x + noise_like(x, generator) * sigma_up
+            x = x + noise_like(x, generator) * s_noise * sigma_up
         notify(callback, i, x, denoised)
     return x
