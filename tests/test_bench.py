@@ -10,6 +10,7 @@ import torch
 from conftest import TINY_MODEL
 
 from diffusion.tools import bench
+from diffusion.tools.bench.measure import IMAGE_SIZE
 
 
 def conv_and_linear_flops(module) -> float:
@@ -26,7 +27,7 @@ def conv_and_linear_flops(module) -> float:
     net = module.denoiser.net
     hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     with torch.no_grad():
-        net(torch.randn(1, 3, bench.IMAGE_SIZE, bench.IMAGE_SIZE), torch.rand(1), torch.zeros(1, dtype=torch.long))
+        net(torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE), torch.rand(1), torch.zeros(1, dtype=torch.long))
     for hook in hooks:
         hook.remove()
     return 2.0 * sum(macs)
