@@ -71,7 +71,7 @@ def test_sigma_rel_is_the_profiles_relative_standard_deviation(gamma):
 
 
 def test_sigma_rel_gamma_round_trip_and_the_papers_values():
-    assert round(sigma_rel_to_gamma(0.05), 2) == 16.97  # EDM2 sec. 3.2: sigma_rel 0.05 and 0.10 are gamma 16.97 and 6.94
+    assert round(sigma_rel_to_gamma(0.05), 2) == 16.97  # EDM2 sec. 3: sigma_rel 0.05 and 0.10 are gamma 16.97 and 6.94
     assert round(sigma_rel_to_gamma(0.10), 2) == 6.94
     for sigma_rel in (1e-4, 0.01, 0.05, 0.1, 0.2, 0.29, 0.3):
         assert math.isclose(gamma_to_sigma_rel(sigma_rel_to_gamma(sigma_rel)), sigma_rel, rel_tol=1e-12)
@@ -205,3 +205,41 @@ def test_bad_settings_are_config_errors(tmp_path):
         PostHocEMA(str(tmp_path), sigma_rels=(0.5,))
     with pytest.raises(ConfigError, match="every_n_steps"):
         PostHocEMA(str(tmp_path), every_n_steps=0)
+
+
+# ------------------------------------------------------------------------------------------ train.py and the tool
+
+
+@pytest.mark.slow
+def test_train_writes_snapshots_and_the_tool_rebuilds_loadable_checkpoints(tmp_path):
+    from conftest import describe, run_script, write_sprites
+
+    from diffusion.tools import posthoc_ema
+    from diffusion.training.builders import module_from_checkpoint
+    from diffusion.training.checkpoints import load_checkpoint
+
+    data, run_dir = write_sprites(tmp_path / "data"), tmp_path / "run"
+    proc = run_script("train.py", "data=sprites", f"data.dir={data}", f"hydra.run.dir={run_dir}", "callbacks=[default,posthoc_ema]",
+                      "trainer.max_steps=3", "callbacks.posthoc_ema.every_n_steps=2")
+    assert proc.returncode == 0, describe(proc)
+    names = sorted(path.name for path in (run_dir / "ema").glob("*.safetensors"))
+    assert names == [f"step_{s:08d}-sigma_rel_{r:.4f}.safetensors" for s in (2, 3) for r in (0.05, 0.1)]  # and the last step
+    stored = load_checkpoint(run_dir / "ema" / names[-1])  # a snapshot loads like final.safetensors
+    rows = posthoc_ema.run(posthoc_ema.build_parser().parse_args([
+        str(run_dir), "--sigma-rel", "0.1", "0.07", "--fid", "--n", "8", "--nfe", "2", "--kid-subsets", "2", "--json", str(tmp_path / "rows.json"),
+    ]))
+    assert [(r["sigma_rel"], r["step"]) for r in rows] == [(0.1, 3), (0.07, 3)]
+    assert all(r["fid"] >= 0 and r["n"] == 8 for r in rows)
+    rebuilt = load_checkpoint(rows[0]["path"])
+    module_from_checkpoint(rebuilt)
+    for key, value in stored["state_dict"].items():  # sigma_rel 0.1 is stored: the reconstruction is that snapshot
+        torch.testing.assert_close(rebuilt["state_dict"][key], value, rtol=0, atol=1e-5)
+
+
+def test_tool_says_when_a_run_has_no_snapshots(tmp_path, capsys):
+    from diffusion.tools import posthoc_ema
+
+    with pytest.raises(SystemExit) as info:
+        posthoc_ema.main([str(tmp_path)])
+    assert info.value.code == 2
+    assert "callbacks=[default,posthoc_ema]" in capsys.readouterr().err

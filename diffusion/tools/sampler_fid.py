@@ -79,12 +79,9 @@ def sample_images(module, sampler: Sampler, n: int, seed: int, batch_size: int, 
     return torch.cat(chunks)
 
 
-@reports_user_errors
-def run(args: argparse.Namespace) -> list[dict]:
-    options = parse_options(args.options)
-    bf16 = sampling_in_bf16(args.precision, torch.device("cpu"))
-    checkpoint = load_checkpoint(args.ckpt)
-    module = module_from_checkpoint(checkpoint).eval()
+def reference_quality(checkpoint: dict, kid_subsets: int = 100):
+    """FID/KID as the checkpoint's training measured them: its data's validation split as the reference set, its
+    feature network. Returns the metric, its reference already added, and the data module."""
     config = OmegaConf.create(checkpoint["diffusion"]["config"])
     datamodule = instantiate(config.data)
     datamodule.prepare_data()
@@ -93,8 +90,18 @@ def run(args: argparse.Namespace) -> list[dict]:
         metrics.features, datamodule, metrics.feature_weights, metrics.inception_weights, metrics.cache_dir,
         OmegaConf.to_container(metrics.train, resolve=True),
     )
-    quality = ImageQuality(feature, kid_subsets=args.kid_subsets)
+    quality = ImageQuality(feature, kid_subsets=kid_subsets)
     quality.update_real(datamodule.real_images("val"))
+    return quality, datamodule
+
+
+@reports_user_errors
+def run(args: argparse.Namespace) -> list[dict]:
+    options = parse_options(args.options)
+    bf16 = sampling_in_bf16(args.precision, torch.device("cpu"))
+    checkpoint = load_checkpoint(args.ckpt)
+    module = module_from_checkpoint(checkpoint).eval()
+    quality, datamodule = reference_quality(checkpoint, args.kid_subsets)
 
     full_steps = getattr(module.schedule, "T", 500)
     plan = [(name, steps_for_nfe(sampler_from_conf(name).function, nfe), options_for(name, options), args.spacing) for nfe in args.nfe for name in args.samplers]

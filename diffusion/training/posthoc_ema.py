@@ -47,7 +47,7 @@ GAMMA_AT_PEAK = (math.sqrt(5) - 3) / 2
 
 
 def gamma_to_sigma_rel(gamma: float) -> float:
-    """The relative standard deviation of the power-function profile with exponent gamma (EDM2, sec. 3.1)."""
+    """The relative standard deviation of the power-function profile with exponent gamma (EDM2, sec. 3)."""
     if not gamma > -1:
         raise ConfigError(f"gamma={gamma} must be > -1 (the profile t^gamma is not integrable at 0 otherwise)")
     return math.sqrt(gamma + 1) / ((gamma + 2) * math.sqrt(gamma + 3))
