@@ -41,10 +41,14 @@ def run(args: argparse.Namespace) -> list[dict]:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for sigma_rel in args.sigma_rel:
-        state, info, _ = reconstruct(ema_dir, sigma_rel, args.step)
+        state, info, coefficients = reconstruct(ema_dir, sigma_rel, args.step)
         path = export_safetensors(state, info, out_dir / f"sigma_rel_{sigma_rel:.4f}.safetensors")
-        rows.append({"sigma_rel": sigma_rel, "gamma": info["posthoc_ema"]["gamma"], "step": info["posthoc_ema"]["step"], "path": str(path)})
-        print(f"sigma_rel {sigma_rel:g} (gamma {rows[-1]['gamma']:.3f}) at step {rows[-1]['step']}: {path}", flush=True)
+        # The least-squares fit does not force the coefficients to sum to 1 (the profile's mass): far outside the
+        # stored sigma_rels it drifts from 1 and the weights are scaled by it, so it is reported.
+        rows.append({"sigma_rel": sigma_rel, "gamma": info["posthoc_ema"]["gamma"], "step": info["posthoc_ema"]["step"],
+                     "coefficient_sum": float(coefficients.sum()), "path": str(path)})
+        print(f"sigma_rel {sigma_rel:g} (gamma {rows[-1]['gamma']:.3f}) at step {rows[-1]['step']}, coefficients summing to "
+              f"{rows[-1]['coefficient_sum']:.4f}: {path}", flush=True)
     if args.fid:
         measure(rows, args)
     if args.json:
