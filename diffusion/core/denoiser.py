@@ -48,10 +48,12 @@ class Denoiser(nn.Module):
         return self.objective.c_skip(sigma) * x + self.objective.c_out(sigma) * self.raw(x, sigma, labels)
 
     def loss(self, x0: Tensor, sigma: Tensor, noise: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Per-sample mean squared error of F against the objective's target."""
+        """Per-sample mean squared error of F against the objective's target, times the objective's
+        ``loss_weight`` (1 unless Min-SNR weighting is on)."""
         sigma = _per_sample(sigma, x0)
         target = self.objective.target(x0, noise, sigma)
-        return (self.raw(x0 + sigma * noise, sigma, labels) - target).pow(2).mean(dim=(1, 2, 3))
+        error = (self.raw(x0 + sigma * noise, sigma, labels) - target).pow(2).mean(dim=(1, 2, 3))
+        return self.objective.loss_weight(sigma).flatten() * error
 
 
 def conditioned(denoiser: Denoiser, labels: Tensor | None, guidance: float = 0.0, null_label: int | None = None) -> DenoiserFn:

@@ -12,6 +12,9 @@ With this form predicting the noise, the clean image and v are the same code wit
 coefficients, and every sampler sees the same thing: an estimate of x0. For the variance-
 preserving objectives c_in = 1 / sqrt(1 + sigma^2) = sqrt(alpha_bar), so the network sees exactly
 sqrt(alpha_bar) * x0 + sqrt(1 - alpha_bar) * eps, the DDPM noising.
+
+Every objective takes ``min_snr_gamma`` (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR
+Weighting Strategy"): see ``Objective.loss_weight``.
 """
 
 from __future__ import annotations
@@ -22,9 +25,33 @@ from diffusion.core.errors import ConfigError
 
 
 class Objective:
-    """Preconditioning coefficients and the matching regression target."""
+    """Preconditioning coefficients and the matching regression target.
+
+    Args:
+        min_snr_gamma: None (every noise level weighted as the objective itself weights it) or gamma > 0, the
+            Min-SNR-gamma weighting of ``loss_weight``.
+    """
 
     name = "objective"
+
+    def __init__(self, min_snr_gamma: float | None = None):
+        if min_snr_gamma is not None and (isinstance(min_snr_gamma, bool) or not isinstance(min_snr_gamma, (int, float)) or not min_snr_gamma > 0):
+            raise ConfigError(f"objective.min_snr_gamma={min_snr_gamma} must be null or a number > 0, e.g. 5.0")
+        self.min_snr_gamma = None if min_snr_gamma is None else float(min_snr_gamma)
+
+    def loss_weight(self, sigma: Tensor) -> Tensor:
+        """Per-sample weight of the F-space loss || F - F_target ||^2.
+
+        Min-SNR-gamma (Hang et al. 2023, sec. 3.4) weights the x0-space error || D - x0 ||^2 by
+        min(SNR, gamma), SNR = alpha_bar / (1 - alpha_bar) = 1 / sigma^2. Since D - x0 = c_out * (F - F_target),
+        that is the F-space weight min(SNR, gamma) * c_out^2: min(SNR, gamma) / SNR for eps-prediction
+        (c_out^2 = sigma^2), min(SNR, gamma) for x0 and min(SNR, gamma) / (SNR + 1) for v (c_out^2 =
+        sigma^2 / (1 + sigma^2)), the paper's three forms.
+        """
+        if self.min_snr_gamma is None:
+            return sigma.new_ones(())
+        snr = sigma.pow(-2)
+        return snr.clamp(max=self.min_snr_gamma) * self.c_out(sigma) ** 2
 
     def c_skip(self, sigma: Tensor) -> Tensor:
         raise NotImplementedError
@@ -92,7 +119,8 @@ class EDMPreconditioning(Objective):
 
     name = "edm"
 
-    def __init__(self, sigma_data: float = 0.5):
+    def __init__(self, sigma_data: float = 0.5, min_snr_gamma: float | None = None):
+        super().__init__(min_snr_gamma)
         if not sigma_data > 0:
             raise ConfigError(f"objective.sigma_data={sigma_data} must be > 0 (the data's standard deviation)")
         self.sigma_data = float(sigma_data)

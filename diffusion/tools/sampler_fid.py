@@ -91,12 +91,16 @@ def sample_images(
     return torch.cat(chunks)
 
 
-@reports_user_errors
-def run(args: argparse.Namespace) -> list[dict]:
-    options = parse_options(args.options)
-    bf16 = sampling_in_bf16(args.precision, torch.device("cpu"))
-    checkpoint = load_checkpoint(args.ckpt)
-    module = module_from_checkpoint(checkpoint).eval()
+def fid_labels(module, datamodule, n: int, mix: str = "data") -> torch.Tensor | None:
+    """Labels for n FID samples: by default in the reference's (the validation split's) class mix, as the FID
+    logged during training draws them; ``mix="uniform"`` cycles over the classes."""
+    counts = datamodule.class_counts("val") if mix == "data" and module.num_classes else None
+    return sample_labels(n, module.num_classes, counts, mix)
+
+
+def reference_quality(checkpoint: dict, kid_subsets: int = 100):
+    """FID/KID as the checkpoint's training measured them: its data's validation split as the reference set, its
+    feature network. Returns the metric, its reference already added, and the data module."""
     config = OmegaConf.create(checkpoint["diffusion"]["config"])
     datamodule = instantiate(config.data)
     datamodule.prepare_data()
@@ -105,11 +109,19 @@ def run(args: argparse.Namespace) -> list[dict]:
         metrics.features, datamodule, metrics.feature_weights, metrics.inception_weights, metrics.cache_dir,
         OmegaConf.to_container(metrics.train, resolve=True),
     )
-    quality = ImageQuality(feature, kid_subsets=args.kid_subsets)
+    quality = ImageQuality(feature, kid_subsets=kid_subsets)
     quality.update_real(datamodule.real_images("val"))
-    # Labels in the reference's (the validation split's) class mix by default, as the FID logged during training.
-    counts = datamodule.class_counts("val") if args.labels == "data" and module.num_classes else None
-    labels = sample_labels(args.n, module.num_classes, counts, args.labels)
+    return quality, datamodule
+
+
+@reports_user_errors
+def run(args: argparse.Namespace) -> list[dict]:
+    options = parse_options(args.options)
+    bf16 = sampling_in_bf16(args.precision, torch.device("cpu"))
+    checkpoint = load_checkpoint(args.ckpt)
+    module = module_from_checkpoint(checkpoint).eval()
+    quality, datamodule = reference_quality(checkpoint, args.kid_subsets)
+    labels = fid_labels(module, datamodule, args.n, args.labels)
 
     full_steps = module.schedule.full_steps
     plan = []
