@@ -14,10 +14,10 @@ point calls after Hydra -- ``reports_user_errors(train | sample_to_folder | eval
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest

@@ -219,10 +219,10 @@ def test_other_sampler_null_class_and_guidance(trained, tmp_path, capsys):
 
 def test_sample_labels_in_process(trained):
     """How sample.py reads label= (the bad settings are in tests/test_bad_inputs.py)."""
-    from diffusion.training.builders import module_from_checkpoint
-    from diffusion.training.checkpoints import load_checkpoint
     from diffusion.core.errors import ConfigError
     from diffusion.tools.sample import parse_labels
+    from diffusion.training.builders import module_from_checkpoint
+    from diffusion.training.checkpoints import load_checkpoint
 
     module = module_from_checkpoint(load_checkpoint(trained.ckpt))
     assert parse_labels(None, 7, module).tolist() == [0, 1, 2, 3, 4, 0, 1]
@@ -251,8 +251,8 @@ def test_safetensors_export_matches_last_checkpoint(trained):
 
 
 def test_resolve_ckpt_path(trained, tmp_path):
-    from diffusion.training.checkpoints import resolve_ckpt_path
     from diffusion.core.errors import ConfigError
+    from diffusion.training.checkpoints import resolve_ckpt_path
 
     with pytest.raises(ConfigError, match="absent.ckpt"):
         resolve_ckpt_path(str(tmp_path / "absent.ckpt"), tmp_path)

@@ -35,7 +35,8 @@ from diffusion.training.checkpoints import resolve_ckpt_path
 
 
 def compose(overrides=(), hydra=False):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="test"):
         return hydra_compose(config_name="train", overrides=list(overrides), return_hydra_config=hydra)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_MODEL, compose_config
-from diffusion.training.builders import build_module
-from diffusion.tools.collapse import ddpm_both_ways, detail, spread
+
 from diffusion.data.procedural import generate_sprites
+from diffusion.tools.collapse import ddpm_both_ways, detail, spread
+from diffusion.training.builders import build_module
 
 STEPS, BATCH = 300, 32
 

@@ -10,9 +10,9 @@ import math
 
 import pytest
 import torch
+from conftest import TINY_MODEL, compose_config, describe, raises_config_error, run_script, write_sprites
 from torch import nn
 
-from conftest import TINY_MODEL, compose_config, describe, raises_config_error, run_script, write_sprites
 from diffusion.core.consistency import ConsistencyTuning, ect_r, pseudo_huber
 from diffusion.core.denoiser import Denoiser
 from diffusion.core.objectives import EDMPreconditioning, EpsPrediction
@@ -189,7 +189,7 @@ def test_ect_fine_tunes_a_trained_edm_model(tmp_path):
     """A tiny EDM run, then `experiment=ect init_from=...`: checkpoints and a final grid appear, and with a
     vanishing learning rate the fine-tuned weights are still the teacher's (the run started from them)."""
     data = write_sprites(tmp_path / "sprites")
-    common = ["data=sprites", f"data.dir={data}", "callbacks.fid.every_n_epochs=0"]
+    common = ["data=sprites", f"data.dir={data}", "callbacks.fid.fraction=0"]
     teacher = run_script("train.py", *common, "schedule=edm", "objective=edm", f"hydra.run.dir={tmp_path / 'teacher'}")
     assert teacher.returncode == 0, describe(teacher)
     ckpt = tmp_path / "teacher" / "checkpoints" / "last.ckpt"

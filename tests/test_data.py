@@ -13,9 +13,9 @@ from conftest import IMAGES_FILE, LABELS_FILE, compose_config, make_sprites, wri
 from hydra.utils import instantiate
 from PIL import Image
 
+from diffusion.core.errors import ConfigError
 from diffusion.data import procedural, sources
 from diffusion.data.datamodule import ImageFolder, NpySprites, ProceduralSprites, ShardedBatches
-from diffusion.core.errors import ConfigError
 
 
 def npy_module(directory: Path, **kwargs) -> NpySprites:

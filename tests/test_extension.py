@@ -129,7 +129,7 @@ def test_a_user_network_trains_and_samples_by_config_alone(tmp_path):
     proc = run_script(
         "train.py", "model=small", "model._target_=mypkg.net.TinyNet", "~model.base_channels", "~model.channel_mult",
         "~model.attn_resolutions", "~model.norm_groups", "~model.num_res_blocks", "~model.dropout", "+model.width=4",
-        "callbacks.fid.every_n_epochs=0", f"hydra.run.dir={run_dir}", "data.n=256", env=env,
+        "callbacks.fid.fraction=0", f"hydra.run.dir={run_dir}", "data.n=256", env=env,
     )
     assert proc.returncode == 0, describe(proc)
     ckpt = run_dir / "checkpoints" / "last.ckpt"

@@ -147,8 +147,8 @@ def read_rows(run_dir: Path) -> list[dict[str, str]]:
 
 
 def ckpt_steps(directory: Path) -> dict[str, object]:
-    from diffusion.training.checkpoints import load_checkpoint
     from diffusion.core.errors import ConfigError
+    from diffusion.training.checkpoints import load_checkpoint
 
     steps: dict[str, object] = {}
     for path in sorted(directory.glob("*.ckpt")):
@@ -279,8 +279,8 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(chains):
     assert sorted(p.name for p in stage.saved.iterdir()) == ["last.ckpt", ckpt(INTERVAL), ckpt(2 * INTERVAL)], "a partial file in checkpoints/"
 
     # The half-written bytes are in the temporary file, in $TMPDIR, and are not mistaken for a checkpoint.
-    from diffusion.training.checkpoints import load_checkpoint
     from diffusion.core.errors import ConfigError
+    from diffusion.training.checkpoints import load_checkpoint
 
     tmpdir = stage.saved.parent / f"tmp-{stage.name}"
     assert os.stat(tmpdir).st_dev == os.stat(stage.saved.parent / "run").st_dev, "rename is atomic on one file system only"
@@ -339,7 +339,7 @@ def test_sigterm_during_validation_saves_the_raw_and_averaged_weights(chains):
     stage = stage_of(chains, "term", "term-in-validation")
     assert stage.paused == f"validation_step at global_step {STEPS_PER_EPOCH}"
     assert stage.returncode == 128 + signal.SIGTERM, stage.describe()  # not 0: the run did not finish
-    assert f"SIGTERM: saved" in stage.log and "resume with ckpt_path=last" in stage.log, stage.describe()
+    assert "SIGTERM: saved" in stage.log and "resume with ckpt_path=last" in stage.log, stage.describe()
     assert stage.ckpt_steps == {ckpt(INTERVAL): INTERVAL, ckpt(STEPS_PER_EPOCH): STEPS_PER_EPOCH, "last.ckpt": STEPS_PER_EPOCH}, stage.ckpt_steps
     # step_0000006.ckpt was written at the same step just before validation swapped the EMA weights in: the SIGTERM
     # checkpoint, written during validation, must hold the same raw weights, average and optimizer state.
@@ -396,8 +396,8 @@ def test_lightning_saves_checkpoints_through_a_temporary_file(tmp_path, monkeypa
 
 
 def test_run_dir_that_cannot_be_created(tmp_path):
-    from diffusion.training.checkpoints import check_run_dir
     from diffusion.core.errors import ConfigError
+    from diffusion.training.checkpoints import check_run_dir
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")

@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import ROOT, compose_config, describe
 
+from diffusion.core.errors import ConfigError
 from diffusion.data.datamodule import NpySprites, ProceduralSprites
 from diffusion.data.procedural import generate_sprites
-from diffusion.core.errors import ConfigError
 from diffusion.evaluation.features import (
     ARCH_VERSION,
     SpriteFeatureNet,
@@ -118,7 +118,7 @@ def test_config_defaults_match_code_defaults():
 
 def test_features_cli(tmp_path, sprite_dir):
     cache = tmp_path / "cache"
-    args = [f"data=sprites", f"data.dir={sprite_dir}", f"metrics.cache_dir={cache}", "metrics.train.batch_size=32", "metrics.train.min_steps=10", f"out={tmp_path / 'w.safetensors'}"]
+    args = ["data=sprites", f"data.dir={sprite_dir}", f"metrics.cache_dir={cache}", "metrics.train.batch_size=32", "metrics.train.min_steps=10", f"out={tmp_path / 'w.safetensors'}"]
     proc = subprocess.run([sys.executable, "-m", "diffusion.tools.features", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, describe(proc)
     assert "version:  sprite-cnn-v1-" in proc.stdout and "accuracy:" in proc.stdout

@@ -12,14 +12,14 @@ import pytest
 import torch
 from conftest import TINY_MODEL, compose_config
 
+from diffusion.core.errors import ConfigError
+from diffusion.core.sampling import Sampler
 from diffusion.data import images as image_files
-from diffusion.training.callbacks import SampleGrid
 from diffusion.data.datamodule import ProceduralSprites
 from diffusion.data.procedural import generate_sprites
-from diffusion.core.errors import ConfigError
 from diffusion.evaluation.features import ARCH_VERSION, load_weights, save_weights, train_feature_net
 from diffusion.evaluation.metrics import ImageQuality, build_feature_net, fidelity_metrics, shard, to_uint8
-from diffusion.core.sampling import Sampler
+from diffusion.training.callbacks import SampleGrid
 
 
 @pytest.fixture(scope="module")
@@ -154,9 +154,9 @@ def test_two_processes_give_the_single_process_figure(tmp_path, sprites, weights
 def test_callback_logs_fid_in_a_tiny_run(tmp_path):
     from lightning.pytorch.loggers import CSVLogger
 
-    from diffusion.training.builders import build_module
     from diffusion.evaluation.fid_callback import FIDCallback
     from diffusion.evaluation.plots import plot_run
+    from diffusion.training.builders import build_module
 
     cfg = compose_config("train", TINY_MODEL + ["paths.output_dir=" + str(tmp_path)])
     data = ProceduralSprites(n=200, cache_dir=None, batch_size=32, val_fraction=0.25)

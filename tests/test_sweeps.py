@@ -6,7 +6,6 @@ import csv
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY_TRAIN, describe, run_script, write_sprites
 
 

@@ -11,9 +11,8 @@ import struct
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
-
 from conftest import TINY_TRAIN, compose_config, describe, run_script, write_sprites
+from omegaconf import OmegaConf
 
 WANDB_ENV = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off"}
 

@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffusion.core import samplers
 from diffusion.core.denoiser import CLIP_MODES, Denoiser, clip_denoised, conditioned
 from diffusion.core.errors import ConfigError
-from diffusion.core import samplers
 from diffusion.core.samplers.common import Callback, model_evaluations
 from diffusion.core.schedules import Schedule, get_sigmas_karras
 

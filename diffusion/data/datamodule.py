@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from diffusion.data import sources
 from diffusion.core.errors import ConfigError
+from diffusion.data import sources
 
 
 class IndexedTensors(Dataset):

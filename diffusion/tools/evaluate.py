@@ -60,10 +60,15 @@ def load_samples(path: str | Path, image_size: int | None = None) -> tuple[torch
 
 def evaluate(cfg) -> dict[str, Any]:
     from hydra.utils import instantiate
-
     from omegaconf import OmegaConf
 
-    from diffusion.evaluation.metrics import INCEPTION_VERSION, check_feature_choice, describe, fidelity_metrics, inception_weights_path
+    from diffusion.evaluation.metrics import (
+        INCEPTION_VERSION,
+        check_feature_choice,
+        describe,
+        fidelity_metrics,
+        inception_weights_path,
+    )
     from diffusion.tools.records import log_evaluation, save_config
 
     start = time.perf_counter()

@@ -24,15 +24,16 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from diffusion.core.errors import ConfigError
+from diffusion.core.samplers.common import model_evaluations, steps_for_nfe
+from diffusion.core.sampling import Sampler
+from diffusion.evaluation.metrics import ImageQuality, build_feature_net
+from diffusion.tools.cli import reports_user_errors
 from diffusion.training.builders import module_from_checkpoint, sampler_from_conf, sampler_names
 from diffusion.training.callbacks import LABEL_MIXES, sample_labels
 from diffusion.training.checkpoints import load_checkpoint
-from diffusion.tools.cli import reports_user_errors
-from diffusion.core.errors import ConfigError
-from diffusion.evaluation.metrics import ImageQuality, build_feature_net
 from diffusion.training.precision import sampling_in_bf16
-from diffusion.core.samplers.common import model_evaluations, steps_for_nfe
-from diffusion.core.sampling import Sampler
+
 
 def sampler_for(name: str, steps: int, options: dict | None = None, spacing: str = "auto") -> Sampler:
     """``sampler=NAME``'s configuration with ``steps`` and ``options``; ``spacing="auto"`` keeps the config's own

@@ -17,13 +17,18 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion.data import images
+from diffusion.training import tracking
 from diffusion.training.builders import apply_speed_options, build_module, initialize_from
 from diffusion.training.cadence import apply_validation_cadence
 from diffusion.training.callbacks import class_cycle
-from diffusion.training.checkpoints import check_compatible, check_run_dir, export_safetensors, load_checkpoint, resolve_ckpt_path
+from diffusion.training.checkpoints import (
+    check_compatible,
+    check_run_dir,
+    export_safetensors,
+    load_checkpoint,
+    resolve_ckpt_path,
+)
 from diffusion.training.precision import fast_bf16_available
-from diffusion.training import tracking
-
 
 FAILED_VALUE = 1e9
 

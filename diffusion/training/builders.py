@@ -11,10 +11,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion.core.errors import ConfigError
+from diffusion.core.sampling import Sampler
 from diffusion.training.checkpoints import check_compatible, load_checkpoint
 from diffusion.training.module import DiffusionModule
-from diffusion.core.sampling import Sampler
-
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 

@@ -13,10 +13,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from diffusion.core.errors import ConfigError
+from diffusion.core.sampling import Sampler
 from diffusion.data import images
 from diffusion.training.cadence import Cadence
 from diffusion.training.module import DiffusionModule
-from diffusion.core.sampling import Sampler
 
 
 def class_cycle(n: int, num_classes: int) -> torch.Tensor | None:

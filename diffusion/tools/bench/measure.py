@@ -20,7 +20,6 @@ from diffusion.data.procedural import CLASSES
 from diffusion.training.builders import build_module
 from diffusion.training.module import DiffusionModule
 
-
 ROOT = Path(__file__).resolve().parents[3]
 CONF_DIR = ROOT / "conf"
 IMAGE_SIZE = 16
