@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from diffusion.core.errors import ConfigError
+from diffusion.training.builders import CONF_DIR
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 SPLITS = ("val", "train")
 
 
@@ -148,7 +148,7 @@ def main() -> None:
 
     from diffusion.tools.cli import reports_user_errors, run_hydra_main
 
-    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
     @reports_user_errors
     def run(cfg: DictConfig) -> None:
         evaluate(cfg)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from diffusion.evaluation.features import load_or_train
-
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+from diffusion.training.builders import CONF_DIR
 
 
 def main() -> None:
@@ -16,7 +14,7 @@ def main() -> None:
 
     from diffusion.tools.cli import reports_user_errors
 
-    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="features")
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="features")
     @reports_user_errors
     def run(cfg: DictConfig) -> None:
         from hydra.utils import instantiate
