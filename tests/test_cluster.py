@@ -200,6 +200,7 @@ def test_debug_fdr_runs_end_to_end(tmp_path):
     assert not (run_dir / "fid.json").exists() and "FID features" not in proc.stdout + proc.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["step"] == 1 and "failed" not in metrics
+    assert 0 <= metrics["time/outside_share"] <= 1 and metrics["time/total_s"] >= metrics["time/train_steps_s"] > 0
 
 
 # --------------------------------------------------------------------------------- requeue

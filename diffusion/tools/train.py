@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -29,6 +30,7 @@ from diffusion.training.checkpoints import (
     resolve_ckpt_path,
 )
 from diffusion.training.precision import fast_bf16_available
+from diffusion.training.timing import RunTimer, describe
 
 FAILED_VALUE = 1e9
 
@@ -78,6 +80,7 @@ def write_plots(run_dir: Path) -> None:
 
 
 def train(cfg: DictConfig) -> float:
+    timer = RunTimer()
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     check_run_dir(run_dir, resuming=ckpt_path is not None)
@@ -101,6 +104,7 @@ def train(cfg: DictConfig) -> float:
     callbacks.sort(key=lambda cb: isinstance(cb, WeightAveraging))
     tracking.prepare_wandb(cfg, run_dir)
     callbacks.append(tracking.RunTracker(tracking.run_hparams(cfg, module, datamodule), run_dir))
+    callbacks.append(timer)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.get("logger")) or False)
 
     if trainer.is_global_zero:
@@ -130,6 +134,8 @@ def train(cfg: DictConfig) -> float:
         # After fit the module holds the EMA weights (the averaging callback copies them in at the end).
         export_safetensors(module.state_dict(), module.checkpoint_info(), run_dir / "checkpoints" / "final.safetensors")
         write_final_samples(module, cfg, run_dir)
+        metrics.update(timer.summary())
+        rank_zero_info(describe(metrics))
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         write_plots(run_dir)
         tracking.finish_run(trainer, metrics, run_dir, artifact=cfg.get("wandb_artifact", False))

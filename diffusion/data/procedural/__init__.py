@@ -14,7 +14,8 @@ The package, by job: ``shapes`` (the pixel grid and the primitives), ``palettes`
 ``non_heroes``, ``food``, ``spells``, ``side_facing``), and here the public API: ``CLASSES``,
 ``generate_sprites`` and the preview.
 
-Run ``python -m diffusion.data.procedural --n 64 --preview out.png`` for a preview.
+Run ``python -m diffusion.data.procedural --n 64 --preview out.png`` for a preview, and
+``--folder DIR`` to also write the sprites as DIR/<class>/<index>.png, a folder for ``data=folder``.
 """
 
 import numpy as np
@@ -83,8 +84,15 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=64, help="number of sprites")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preview", default="docs/procedural_preview.png", help="output PNG path")
+    parser.add_argument("--folder", help="also write every sprite as FOLDER/<class>/<index>.png (for data=folder)")
     args = parser.parse_args(argv)
     images, labels = generate_sprites(args.n, args.seed)
     os.makedirs(os.path.dirname(args.preview) or ".", exist_ok=True)
     Image.fromarray(preview_grid(images, labels)).save(args.preview)
     print(f"wrote {args.preview}: {args.n} sprites, seed {args.seed}")
+    if args.folder:
+        for index, (image, label) in enumerate(zip(images, labels)):
+            class_dir = os.path.join(args.folder, CLASSES[label])
+            os.makedirs(class_dir, exist_ok=True)
+            Image.fromarray(image).save(os.path.join(class_dir, f"{index:06d}.png"))
+        print(f"wrote {args.n} sprites into {args.folder}/<class>/")
