@@ -228,9 +228,11 @@ def test_train_writes_snapshots_and_the_tool_rebuilds_loadable_checkpoints(tmp_p
     rows = posthoc_ema.run(posthoc_ema.build_parser().parse_args([
         str(run_dir), "--sigma-rel", "0.1", "0.07", "--fid", "--n", "8", "--nfe", "2", "--kid-subsets", "2", "--json", str(tmp_path / "rows.json"),
     ]))
-    assert [(r["sigma_rel"], r["step"]) for r in rows] == [(0.1, 3), (0.07, 3)]
+    # the run's fixed EMA first, measured like the reconstructions: the baseline they must beat
+    assert [(r["sigma_rel"], r["step"]) for r in rows] == [(None, None), (0.1, 3), (0.07, 3)]
+    assert rows[0]["fixed_ema"] and rows[0]["path"] == str(run_dir / "checkpoints" / "final.safetensors")
     assert all(r["fid"] >= 0 and r["n"] == 8 for r in rows)
-    rebuilt = load_checkpoint(rows[0]["path"])
+    rebuilt = load_checkpoint(rows[1]["path"])
     module_from_checkpoint(rebuilt)
     for key, value in stored["state_dict"].items():  # sigma_rel 0.1 is stored: the reconstruction is that snapshot
         torch.testing.assert_close(rebuilt["state_dict"][key], value, rtol=0, atol=1e-5)

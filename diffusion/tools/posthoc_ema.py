@@ -8,7 +8,8 @@ RUN_DIR is a train.py run with ``callbacks=[default,posthoc_ema]`` (snapshots un
 the last snapshot's step (or ``--step``) and written as OUT/sigma_rel_S.safetensors (default OUT: RUN_DIR/ema/posthoc),
 which sample.py, sampler_fid and evaluate take like final.safetensors. With ``--fid``, every reconstruction samples
 from the same noise and labels with one sampler and is measured against the reference set the run's training used
-(``sampler_fid``'s machinery), so the figures differ only by the averaging.
+(``sampler_fid``'s machinery), so the figures differ only by the averaging; the run's fixed-decay EMA
+(checkpoints/final.safetensors, row ``fixed``) is measured first, the same way.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ def run(args: argparse.Namespace) -> list[dict]:
         print(f"sigma_rel {sigma_rel:g} (gamma {rows[-1]['gamma']:.3f}) at step {rows[-1]['step']}, coefficients summing to "
               f"{rows[-1]['coefficient_sum']:.4f}: {path}", flush=True)
     if args.fid:
+        # The run's own fixed-decay EMA, measured the same way: the figure a post-hoc width has to beat.
+        fixed = run_dir / "checkpoints" / "final.safetensors"
+        if fixed.is_file():
+            rows.insert(0, {"sigma_rel": None, "gamma": None, "step": None, "path": str(fixed), "fixed_ema": True})
         measure(rows, args)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +82,9 @@ def measure(rows: list[dict], args: argparse.Namespace) -> None:
         quality.reset_fake()
         row.update(fid=result["fid"], kid=result["kid_mean"], sampler=args.sampler, nfe=sampler.nfe, n=args.n,
                    seed=args.seed, features=quality.version, sampling_seconds=round(seconds, 2))
-        print(f"{row['sigma_rel']:9g} {row['gamma']:7.3f} {row['fid']:9.3f} {row['kid']:9.5f} {seconds:8.1f}", flush=True)
+        width = "fixed" if row["sigma_rel"] is None else f"{row['sigma_rel']:g}"
+        gamma = "-" if row["gamma"] is None else f"{row['gamma']:.3f}"
+        print(f"{width:>9} {gamma:>7} {row['fid']:9.3f} {row['kid']:9.5f} {seconds:8.1f}", flush=True)
 
 
 def sigma_rel_arg(text: str) -> float:
