@@ -71,7 +71,7 @@ def test_a_checkpoint_of_the_old_layout_loads_and_samples_the_same():
     assert "diffusion.unet.UNet" in str(old["diffusion"]["config"])
 
     loaded = module_from_checkpoint(old)
-    assert loaded.sampler.fn == "ddpm" and loaded.sampler.function is resolve_function(module.sampler.fn)
+    assert loaded.sampler.fn == "dpmpp_2m_sde" and loaded.sampler.function is resolve_function(module.sampler.fn)
     for key, value in module.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     sampler = Sampler("euler", steps=3, spacing="karras")

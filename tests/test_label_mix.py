@@ -108,14 +108,38 @@ class StubModule:
 
     def sample(self, count, labels=None, **kwargs):
         self.labels.append(labels)
+        self.bf16 = kwargs.get("bf16", False)
         return torch.zeros(count, 3, 4, 4)
 
 
-def measure(callback, data, rank=0, world=1):
-    trainer = SimpleNamespace(global_rank=rank, world_size=world, datamodule=data, current_epoch=0, global_step=3)
-    module = StubModule()
+def measure(callback, data, rank=0, world=1, precision="32-true", module=None):
+    trainer = SimpleNamespace(global_rank=rank, world_size=world, datamodule=data, current_epoch=0, global_step=3,
+                              precision=precision)
+    module = module or StubModule()
     result = callback.measure(trainer, module)
     return trainer, result, torch.cat(module.labels)
+
+
+@pytest.mark.parametrize(("choice", "trainer_precision", "bf16"), [
+    ("trainer", "bf16-mixed", True), ("trainer", "32-true", False), ("32", "bf16-mixed", False), ("bf16", "32-true", True),
+])
+def test_fid_samples_in_the_precision_asked_and_records_it(tmp_path, data, choice, trainer_precision, bf16):
+    callback = FIDCallback(dirpath=str(tmp_path), num_samples=20, batch_size=10, precision=choice)
+    callback.quality, callback.version = StubQuality(), "stub"
+    module = StubModule()
+    trainer, result, _ = measure(callback, data, precision=trainer_precision, module=module)
+    assert module.bf16 is bf16 and result["precision"] == ("bf16" if bf16 else "32")
+    callback._record(trainer, result)
+    assert json.loads((tmp_path / "fid.json").read_text())["history"][-1]["precision"] == result["precision"]
+
+
+def test_a_sampling_callback_refuses_an_unknown_precision(tmp_path):
+    from diffusion.training.callbacks import SampleGrid
+
+    with pytest.raises(ConfigError, match="callbacks.fid.precision=16 is not one of trainer, 32, bf16"):
+        FIDCallback(dirpath=str(tmp_path), precision="16")
+    with pytest.raises(ConfigError, match="callbacks.sample_grid.precision=half"):
+        SampleGrid(str(tmp_path), sampler=None, precision="half")
 
 
 @pytest.mark.parametrize("mix", ["data", "uniform"])

@@ -18,6 +18,7 @@ from diffusion.evaluation.metrics import ImageQuality, build_feature_net, check_
 from diffusion.training.cadence import Cadence
 from diffusion.training.callbacks import LABEL_MIXES, sample_labels
 from diffusion.training.module import DiffusionModule
+from diffusion.training.precision import callback_bf16
 
 
 class FIDCallback(L.Callback):
@@ -44,7 +45,7 @@ class FIDCallback(L.Callback):
 
     Args:
         dirpath: folder of ``fid.json`` (the run directory).
-        sampler: the sampler for the FID samples (default DPM-Solver++(2M), 20 Karras steps).
+        sampler: the sampler for the FID samples (conf/callbacks/fid.yaml: DPM-Solver++(2M) SDE, 10 Karras steps).
         num_samples: generated images per measurement (all processes together).
         every_n_steps: measure at the first validation after every n training steps; 0 turns the callback off.
         fraction: or measure every ``fraction`` of the run (0.5: half-way and at the end); 0 turns it off.
@@ -56,6 +57,8 @@ class FIDCallback(L.Callback):
         features, feature_weights, inception_weights, cache_dir, train_settings: the feature network
             (``metrics.*``; see ``diffusion.evaluation.metrics.build_feature_net``).
         kid_subsets, kid_subset_size: KID's subsets (the size is capped by the image counts).
+        precision: "trainer" samples under bf16 autocast when the run trains in bf16-mixed (1.8x faster on the
+            2-core CPU, FID +0.5%), "32" always in float32, "bf16" always under autocast; fid.json records it.
         suffix: appended to the logged names and to ``fid.json``, so that a second callback can measure another
             sampler in the same run (``experiment=ect``: ``val/fid`` at 1 step, ``val/fid_2step`` at 2).
     """
@@ -79,8 +82,10 @@ class FIDCallback(L.Callback):
         kid_subsets: int = 100,
         kid_subset_size: int = 1000,
         suffix: str = "",
+        precision: str = "trainer",
     ):
         check_feature_choice(features)
+        callback_bf16(precision, "32", "callbacks.fid")  # a bad value fails here, not mid-run
         if not (isinstance(num_samples, int) and num_samples >= 2):
             raise ConfigError(f"callbacks.fid.num_samples={num_samples} must be an integer >= 2")
         if not (isinstance(batch_size, int) and batch_size >= 1):
@@ -95,7 +100,7 @@ class FIDCallback(L.Callback):
         self.features, self.feature_weights, self.inception_weights = features, feature_weights, inception_weights
         self.cache_dir, self.train_settings = cache_dir, dict(train_settings or {}) or None
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
-        self.suffix = str(suffix)
+        self.suffix, self.precision = str(suffix), precision
         self.quality: ImageQuality | None = None
         self.version: str | None = None
         self.history: list[dict[str, Any]] = []
@@ -134,6 +139,7 @@ class FIDCallback(L.Callback):
             hparams = {
                 "fid_features": self.version, f"fid{self.suffix}_num_samples": self.num_samples,
                 f"fid{self.suffix}_sampler": repr(self.sampler), f"fid{self.suffix}_labels": self.labels,
+                f"fid{self.suffix}_precision": "bf16" if callback_bf16(self.precision, getattr(trainer, "precision", "32-true"), "callbacks.fid") else "32",
             }
             for logger in trainer.loggers:
                 logger.log_hyperparams(hparams)
@@ -230,14 +236,16 @@ class FIDCallback(L.Callback):
         wants_counts = self.labels == "data" and pl_module.num_classes and hasattr(datamodule, "class_counts")
         counts = datamodule.class_counts("val") if wants_counts else None
         all_labels = sample_labels(self.num_samples, pl_module.num_classes, counts, self.labels)
+        bf16 = callback_bf16(self.precision, getattr(trainer, "precision", "32-true"), f"callbacks.fid{self.suffix}")
         for offset in range(0, per_rank, self.batch_size):
             count = min(self.batch_size, per_rank - offset)
             labels = all_labels[first + offset : first + offset + count] if all_labels is not None else None
-            x = pl_module.sample(count, labels=labels, sampler=self.sampler, guidance=self.guidance, generator=generator)
+            x = pl_module.sample(count, labels=labels, sampler=self.sampler, guidance=self.guidance, generator=generator, bf16=bf16)
             self.quality.update_fake(x)
         result = self.quality.compute()
         self.quality.reset_fake()
         result["seconds"] = time.perf_counter() - start
+        result["precision"] = "bf16" if bf16 else "32"
         return result
 
     def _record(self, trainer: L.Trainer, result: dict[str, Any]) -> None:

@@ -63,7 +63,8 @@ def write_final_samples(module, cfg: DictConfig, run_dir: Path) -> None:
     n, seed = cfg.final_samples.n, cfg.final_samples.seed
     generator = torch.Generator().manual_seed(seed)
     labels = class_cycle(n, module.num_classes)
-    x = module.sample(n, labels=labels, generator=generator)
+    # the network as it trained: bf16 autocast in a bf16-mixed run (as the grids and FID during training)
+    x = module.sample(n, labels=labels, generator=generator, bf16=str(cfg.trainer.precision) == "bf16-mixed")
     pictures = images.to_uint8(x)
     images.save_png(images.grid(pictures, ncols=8), run_dir / "samples" / "final.png")
     label_array = labels.numpy() if labels is not None else -torch.ones(n, dtype=torch.long).numpy()

@@ -17,6 +17,7 @@ from diffusion.core.sampling import Sampler
 from diffusion.data import images
 from diffusion.training.cadence import Cadence
 from diffusion.training.module import DiffusionModule
+from diffusion.training.precision import callback_bf16
 
 
 def class_cycle(n: int, num_classes: int) -> torch.Tensor | None:
@@ -85,8 +86,10 @@ class SampleGrid(L.Callback):
         fraction: float | None = 0.2,
         seed: int = 0,
         scale: int = 4,
+        precision: str = "trainer",
     ):
-        self.dirpath, self.sampler, self.n = Path(dirpath), sampler, n
+        callback_bf16(precision, "32", "callbacks.sample_grid")  # a bad value fails here, not mid-run
+        self.dirpath, self.sampler, self.n, self.precision = Path(dirpath), sampler, n, precision
         self.cadence = Cadence(every_n_steps, fraction, "callbacks.sample_grid")
         self.seed, self.scale = seed, scale
 
@@ -103,7 +106,8 @@ class SampleGrid(L.Callback):
     def _sample(self, trainer: L.Trainer, pl_module: DiffusionModule, step: int) -> None:
         generator = torch.Generator().manual_seed(self.seed)
         labels = class_cycle(self.n, pl_module.num_classes)
-        x = pl_module.sample(self.n, labels=labels, sampler=self.sampler, generator=generator)
+        bf16 = callback_bf16(self.precision, getattr(trainer, "precision", "32-true"), "callbacks.sample_grid")
+        x = pl_module.sample(self.n, labels=labels, sampler=self.sampler, generator=generator, bf16=bf16)
         picture = images.grid(images.to_uint8(x), ncols=8, scale=self.scale)
         images.save_png(picture, self.dirpath / f"step_{step:07d}.png")
         for logger in trainer.loggers:

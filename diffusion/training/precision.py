@@ -29,3 +29,17 @@ def sampling_in_bf16(precision: str, device: torch.device) -> bool:
     if precision not in SAMPLING_PRECISIONS:
         raise ConfigError(f"precision={precision} is not one of {', '.join(SAMPLING_PRECISIONS)}")
     return precision == "bf16" or (precision == "auto" and fast_bf16_available(device.type))
+
+
+CALLBACK_PRECISIONS = ("trainer", "32", "bf16")
+
+
+def callback_bf16(choice: str, trainer_precision: str, name: str) -> bool:
+    """Whether a callback that samples during training (FID, grids) runs the network under bf16 autocast:
+    ``trainer`` (the default) as the run trains (bf16-mixed: bf16), or always ``32`` / ``bf16``. On the 2-core
+    CPU bf16 sampling is about 1.8x faster and moved FID by 0.5% (BENCHMARKS.md)."""
+    choice = str(choice)
+    if choice not in CALLBACK_PRECISIONS:
+        raise ConfigError(f"{name}.precision={choice} is not one of {', '.join(CALLBACK_PRECISIONS)}")
+    return choice == "bf16" or (choice == "trainer" and str(trainer_precision) == "bf16-mixed")
+

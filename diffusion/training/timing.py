@@ -22,8 +22,17 @@ class RunTimer(L.Callback):
         self.started = time.perf_counter() if started is None else started
         self.train_steps = 0.0
         self.validation = 0.0
+        self.before_training: float | None = None  # data, model, feature network, sanity check
+        self.training_ended: float | None = None
         self._batch_start: float | None = None
         self._validation_start: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.before_training is None:
+            self.before_training = time.perf_counter() - self.started
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.training_ended = time.perf_counter()
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         self._batch_start = time.perf_counter()
@@ -45,18 +54,26 @@ class RunTimer(L.Callback):
     def summary(self) -> dict[str, float]:
         """``time/total_s`` from the job's start to now; ``time/outside_share`` is the part of it not spent in
         training steps (0.07: 7% of the run went to everything else)."""
-        total = time.perf_counter() - self.started
+        now = time.perf_counter()
+        total = now - self.started
+        before = self.before_training or 0.0
+        after = now - self.training_ended if self.training_ended is not None else 0.0
         return {
             "time/total_s": round(total, 1),
             "time/train_steps_s": round(self.train_steps, 1),
             "time/validation_s": round(self.validation, 1),
+            "time/before_training_s": round(before, 1),
+            "time/after_training_s": round(after, 1),
+            # between batches: loading them, last.ckpt, logging
+            "time/between_steps_s": round(total - before - after - self.train_steps - self.validation, 1),
             "time/outside_share": round(1 - self.train_steps / total, 4) if total > 0 else 0.0,
         }
 
 
 def describe(summary: dict[str, float]) -> str:
     return (
-        f"time: {summary['time/total_s']:.0f} s, {summary['time/train_steps_s']:.0f} s in training steps, "
-        f"{summary['time/validation_s']:.0f} s in validation (grids and FID included): "
-        f"{100 * summary['time/outside_share']:.1f}% outside training steps"
+        f"time: {summary['time/total_s']:.0f} s, {100 * summary['time/outside_share']:.1f}% outside training steps "
+        f"({summary['time/train_steps_s']:.0f} s); before training {summary['time/before_training_s']:.0f} s, "
+        f"validation with grids and FID {summary['time/validation_s']:.0f} s, between steps "
+        f"{summary['time/between_steps_s']:.0f} s, after training {summary['time/after_training_s']:.0f} s"
     )
