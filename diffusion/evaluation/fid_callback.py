@@ -139,10 +139,13 @@ class FIDCallback(L.Callback):
             hparams = {
                 "fid_features": self.version, f"fid{self.suffix}_num_samples": self.num_samples,
                 f"fid{self.suffix}_sampler": repr(self.sampler), f"fid{self.suffix}_labels": self.labels,
-                f"fid{self.suffix}_precision": "bf16" if callback_bf16(self.precision, getattr(trainer, "precision", "32-true"), "callbacks.fid") else "32",
+                f"fid{self.suffix}_precision": "bf16" if self.samples_in_bf16(trainer) else "32",
             }
             for logger in trainer.loggers:
                 logger.log_hyperparams(hparams)
+
+    def samples_in_bf16(self, trainer: L.Trainer) -> bool:
+        return callback_bf16(self.precision, getattr(trainer, "precision", "32-true"), f"callbacks.fid{self.suffix}")
 
     def unavailable(self, datamodule, world_size: int) -> str | None:
         """Why FID cannot be measured on this data (training goes on without it), or None."""
@@ -236,7 +239,7 @@ class FIDCallback(L.Callback):
         wants_counts = self.labels == "data" and pl_module.num_classes and hasattr(datamodule, "class_counts")
         counts = datamodule.class_counts("val") if wants_counts else None
         all_labels = sample_labels(self.num_samples, pl_module.num_classes, counts, self.labels)
-        bf16 = callback_bf16(self.precision, getattr(trainer, "precision", "32-true"), f"callbacks.fid{self.suffix}")
+        bf16 = self.samples_in_bf16(trainer)
         for offset in range(0, per_rank, self.batch_size):
             count = min(self.batch_size, per_rank - offset)
             labels = all_labels[first + offset : first + offset + count] if all_labels is not None else None
