@@ -37,6 +37,14 @@ def _add_noise(x: Tensor, sigma_next: Tensor, h: Tensor, eta: float, s_noise: fl
     return x + noise_like(x, generator) * sigma_next * (-2 * eta * h).expm1().neg().sqrt() * s_noise
 
 
+def _first_order_step(x: Tensor, denoised: Tensor, sigma: Tensor, sigma_next: Tensor, eta: float):
+    """The module docstring's first-order step without its noise: h, h_eta = (1 + eta) h and
+    (sigma_next / sigma) e^{-eta h} x + (1 - e^{-h_eta}) D, to which the multistep corrections are added."""
+    h = sigma.log() - sigma_next.log()
+    h_eta = (1 + eta) * h
+    return h, h_eta, (sigma_next / sigma) * (-eta * h).exp() * x - h_eta.neg().expm1() * denoised
+
+
 @torch.no_grad()
 @stochastic
 def sample_dpmpp_2m_sde(
@@ -64,9 +72,7 @@ def sample_dpmpp_2m_sde(
         if sigma_next == 0:
             x = denoised
         else:
-            h = sigma.log() - sigma_next.log()
-            h_eta = (1 + eta) * h
-            x = (sigma_next / sigma) * (-eta * h).exp() * x - h_eta.neg().expm1() * denoised
+            h, h_eta, x = _first_order_step(x, denoised, sigma, sigma_next, eta)
             if old_denoised is not None:
                 r = h_last / h
                 x = x - 0.5 * h_eta.neg().expm1() * (denoised - old_denoised) / r
@@ -110,9 +116,7 @@ def sample_dpmpp_3m_sde(
         if sigma_next == 0:
             x = denoised
         else:
-            h = sigma.log() - sigma_next.log()
-            h_eta = (1 + eta) * h
-            x = (sigma_next / sigma) * (-eta * h).exp() * x - h_eta.neg().expm1() * denoised
+            h, h_eta, x = _first_order_step(x, denoised, sigma, sigma_next, eta)
             phi_2 = h_eta.neg().expm1() / h_eta + 1
             if h_2 is not None:
                 r0, r1 = h_1 / h, h_2 / h
