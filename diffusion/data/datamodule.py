@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from diffusion.core.errors import ConfigError
+from diffusion.core.errors import ConfigError, warn_inexact_resume
+from diffusion.core.seeds import DATA_FLIP, derive_seed
 from diffusion.data import sources
 
 
@@ -37,12 +38,19 @@ class IndexedTensors(Dataset):
 class ShardedBatches(Sampler):
     """Index batches for one rank: a permutation shared by all ranks (seeded by seed + epoch), dealt
     round-robin so ranks see disjoint images, cut into batches. Every rank gets the same number of
-    batches, or DDP would wait forever on the rank with one batch more."""
+    batches, or DDP would wait forever on the rank with one batch more.
+
+    Resumable: ``consume()`` counts the batches training has taken this epoch (Lightning fetches one batch
+    ahead, so the iterator's own count would be one too many), ``state_dict`` holds that position, and after
+    ``load_state_dict`` the same epoch's iterator starts where the checkpointed run stood instead of at batch 0.
+    """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = True):
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.epoch = 0
+        self.consumed = 0  # batches of this epoch that training has taken
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batch) of a loaded state, used by that epoch's iterator
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -52,14 +60,49 @@ class ShardedBatches(Sampler):
         return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
 
     def __iter__(self):
+        start = 0
+        if self._resume_at is not None and self._resume_at[0] == self.epoch:
+            start = min(self._resume_at[1], len(self))
+        self._resume_at, self.consumed = None, start
         if self.shuffle:
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
         else:
             order = torch.arange(self.n)
         per_rank = self.n // self.world_size
         mine = order[self.rank :: self.world_size][:per_rank]
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        for start in range(start * self.batch_size, len(self) * self.batch_size, self.batch_size):
             yield mine[start : start + self.batch_size]
+
+    def consume(self) -> tuple[int, int]:
+        """(epoch, index in the epoch) of the batch training takes now."""
+        position = (self.epoch, self.consumed)
+        self.consumed += 1
+        return position
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "consumed": self.consumed, "n": self.n, "batch_size": self.batch_size,
+                "world_size": self.world_size, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        mine = self.state_dict()
+        changed = [f"{key} {state[key]} -> {mine[key]}" for key in ("n", "batch_size", "world_size", "seed")
+                   if key in state and state[key] != mine[key]]
+        if changed:
+            warn_inexact_resume(f"the data order changed since the checkpoint ({', '.join(changed)}): the epoch goes "
+                                f"on after batch {state['consumed']} of a different order", self.rank)
+        self._resume_at = (int(state["epoch"]), int(state["consumed"]))
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that Lightning checkpoints (its ``_Stateful`` protocol: ``state_dict``/``load_state_dict``):
+    the position of its ``ShardedBatches`` in the epoch, so a run resumed mid-epoch trains the batches the
+    uninterrupted run would have trained, not the epoch's first ones again."""
+
+    def state_dict(self) -> dict[str, int]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.load_state_dict(state)
 
 
 class SpriteDataModule(L.LightningDataModule):
@@ -84,6 +127,7 @@ class SpriteDataModule(L.LightningDataModule):
         self.class_names: list[str] = []
         self.train_set: IndexedTensors | None = None
         self.val_set: IndexedTensors | None = None
+        self.train_batches: ShardedBatches | None = None  # the training loader's sampler: its position in the epoch
 
     # -- what a subclass provides -------------------------------------------------------------
     def load(self) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
@@ -128,10 +172,12 @@ class SpriteDataModule(L.LightningDataModule):
                 f"data.batch_size={batch_size} exceeds the {len(dataset) // world} training images per process; lower data.batch_size"
             )
         sampler = ShardedBatches(len(dataset), max(batch_size, 1), shuffle, self.seed, rank, world, drop_last=shuffle)
-        return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=0)
+        return ResumableLoader(dataset, sampler=sampler, batch_size=None, num_workers=0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        loader = self._loader(self.train_set, shuffle=True)
+        self.train_batches = loader.sampler
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)
@@ -139,8 +185,13 @@ class SpriteDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
         x = images.float().div_(127.5).sub_(1)
-        if self.hflip and self.trainer is not None and self.trainer.training:
-            flip = torch.rand(x.shape[0], device=x.device) < 0.5
+        if self.trainer is None or not self.trainer.training or self.train_batches is None:
+            return x, labels
+        epoch, index = self.train_batches.consume()
+        if self.hflip:
+            # Drawn from the batch's place in the run, not a global stream: a resumed run flips as the whole one did.
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, DATA_FLIP, epoch, index, self.trainer.global_rank))
+            flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return x, labels
 

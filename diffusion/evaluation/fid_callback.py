@@ -269,8 +269,10 @@ class FIDCallback(L.Callback):
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
         tmp.replace(self.history_path)
 
-    def state_dict(self) -> dict[str, Any]:  # in checkpoints: a resumed run continues its fid.json history
-        return {"history": self.history, "features": self.version}
+    def state_dict(self) -> dict[str, Any]:  # in checkpoints: a resumed run continues its fid.json history and cadence
+        return {"history": self.history, "features": self.version, "cadence": self.cadence.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
+        if "cadence" in state_dict:
+            self.cadence.load_state_dict(state_dict["cadence"])

@@ -21,7 +21,7 @@ from diffusion.data import images
 from diffusion.training import tracking
 from diffusion.training.builders import apply_speed_options, build_module, initialize_from
 from diffusion.training.cadence import apply_validation_cadence
-from diffusion.training.callbacks import class_cycle
+from diffusion.training.callbacks import StepCheckpoint, class_cycle
 from diffusion.training.checkpoints import (
     check_compatible,
     check_run_dir,
@@ -30,6 +30,7 @@ from diffusion.training.checkpoints import (
     resolve_ckpt_path,
 )
 from diffusion.training.precision import fast_bf16_available
+from diffusion.training.resume import StepSeeds
 from diffusion.training.timing import RunTimer, describe
 
 FAILED_VALUE = 1e9
@@ -100,9 +101,11 @@ def train(cfg: DictConfig) -> float:
         initialize_from(module, cfg.init_from)
     apply_speed_options(module.denoiser.net, cfg.training.get("channels_last", False), cfg.training.get("compile", False))
 
-    callbacks = instantiate_all(cfg.get("callbacks"))
-    # The EMA swap-back at the end of validation must come after every callback that samples.
-    callbacks.sort(key=lambda cb: isinstance(cb, WeightAveraging))
+    callbacks = instantiate_all(cfg.get("callbacks")) + [StepSeeds(cfg.seed)]
+    # The EMA swap-back at the end of validation must come after every callback that samples; last.ckpt at the end
+    # of a validation after the best checkpoints, so that it holds their record of that validation too (Lightning
+    # itself moves every checkpoint callback behind the others, keeping this order).
+    callbacks.sort(key=lambda cb: 2 if isinstance(cb, StepCheckpoint) else isinstance(cb, WeightAveraging))
     tracking.prepare_wandb(cfg, run_dir)
     callbacks.append(tracking.RunTracker(tracking.run_hparams(cfg, module, datamodule), run_dir))
     callbacks.append(timer)

@@ -53,15 +53,17 @@ class Cadence:
         interval(every_n_steps, fraction, 1, name)  # a bad value fails at construction, not mid-run
         self.every: int | None = None  # resolved when training starts
         self.previous_step = 0
+        self.restored = False  # previous_step came from a checkpoint: a resumed run keeps the one it had
 
     @property
     def off(self) -> bool:
         return self.every_n_steps == 0 or (self.every_n_steps is None and not self.fraction)
 
     def start(self, trainer) -> None:
-        """Resolve the interval against the run, counting from the step reached (a resumed run goes on)."""
+        """Resolve the interval against the run, counting from the step reached (or, resumed, from the last event)."""
         self.every = interval(self.every_n_steps, self.fraction, run_length(trainer), self.name)
-        self.previous_step = trainer.global_step
+        if not self.restored:
+            self.previous_step = trainer.global_step
 
     def due(self, trainer) -> bool:
         if self.off or trainer.sanity_checking:
@@ -76,6 +78,13 @@ class Cadence:
 
     def done(self, trainer) -> None:
         self.previous_step = trainer.global_step
+
+    # In the owning callback's checkpoint state: an event due since the last one is still due after a resume.
+    def state_dict(self) -> dict[str, int]:
+        return {"previous_step": self.previous_step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.previous_step, self.restored = int(state["previous_step"]), True
 
 
 def apply_validation_cadence(cfg: DictConfig) -> None:

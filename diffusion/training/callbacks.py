@@ -18,6 +18,7 @@ from diffusion.data import images
 from diffusion.training.cadence import Cadence
 from diffusion.training.module import DiffusionModule
 from diffusion.training.precision import callback_bf16
+from diffusion.training.resume import validation_follows
 
 
 def class_cycle(n: int, num_classes: int) -> torch.Tensor | None:
@@ -102,6 +103,13 @@ class SampleGrid(L.Callback):
         self.cadence.done(trainer)
         self._sample(trainer, pl_module, trainer.global_step)
 
+    def state_dict(self) -> dict:
+        return {"cadence": self.cadence.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "cadence" in state_dict:
+            self.cadence.load_state_dict(state_dict["cadence"])
+
     @rank_zero_only
     def _sample(self, trainer: L.Trainer, pl_module: DiffusionModule, step: int) -> None:
         generator = torch.Generator().manual_seed(self.seed)
@@ -121,6 +129,10 @@ class StepCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` every ``every_n_steps`` training steps or ``fraction`` of the run, and
     at the last step (so a finished run's ``last.ckpt`` holds its final step, even mid-interval).
 
+    A checkpoint holds a whole step: when Lightning validates after the step (grids, FID, best checkpoints),
+    it is written at the end of that validation rather than before it, so a run resumed from it neither skips
+    nor repeats them (``training.resume``).
+
     Configured as ``save_top_k=0, save_last=True`` it keeps ``last.ckpt`` alone: the disk holds one file
     however long the run. ``save_top_k=-1`` keeps every one as well (``filename``, e.g. ``step_{step:07d}``).
     """
@@ -129,6 +141,7 @@ class StepCheckpoint(ModelCheckpoint):
         self.cadence = Cadence(every_n_steps, fraction, "callbacks.checkpoint")
         # A placeholder interval (set when training starts) that tells Lightning "by steps, not epochs".
         super().__init__(*args, every_n_train_steps=0 if self.cadence.off else 1, every_n_epochs=0, **kwargs)
+        self._after_validation = False  # a save due at this step waits for the step's validation
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
@@ -137,12 +150,25 @@ class StepCheckpoint(ModelCheckpoint):
             self._every_n_train_steps = self.cadence.every
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args, **kwargs) -> None:
-        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        if self.cadence.off or self._should_skip_saving_checkpoint(trainer):
+            return
         last = trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step
-        if last and not self.cadence.off and not self._should_skip_saving_checkpoint(trainer):
-            candidates = self._monitor_candidates(trainer)
-            self._save_topk_checkpoint(trainer, candidates)
-            self._save_last_checkpoint(trainer, candidates)
+        if not (last or trainer.global_step % self._every_n_train_steps == 0):
+            return
+        if validation_follows(trainer):
+            self._after_validation = True
+        else:
+            self._save(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._after_validation and not trainer.sanity_checking:
+            self._after_validation = False
+            self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.fast_dev_run:  # Lightning's save_last at the end ignores fast_dev_run's "no checkpoints"

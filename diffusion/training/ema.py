@@ -1,9 +1,13 @@
-"""Lightning's EMA weight averaging with a decay warm-up, and the power-function EMAs of post-hoc EMA.
+"""The averages of the weights a run samples with: Lightning's EMA weight averaging with EDM2's power-function
+profile (the default) or a decay with a warm-up, and the power-function EMAs of post-hoc EMA.
 
 With a constant decay the average keeps decay^n of the random initial weights after n steps (10% after
 450 steps at 0.995), and a diffusion model's noise prediction shrinks accordingly: samples keep some
 of their noise. The warm-up decay min(decay, (1 + n) / (10 + n)) (as in TensorFlow's
-ExponentialMovingAverage with num_updates) forgets the initial weights within the first steps.
+ExponentialMovingAverage with num_updates) forgets the initial weights within the first steps, but reaches
+0.999 only after 8,991 steps: in a run of a few thousand steps the decay is the warm-up's, not the config's.
+The power EMA (Karras et al. 2024, sec. 3) has no such gap: its width is a share of the run (``sigma_rel``)
+at every step, whatever the run's length.
 """
 
 from __future__ import annotations
@@ -31,8 +35,39 @@ def ema_with_warmup(decay: float):
     return average
 
 
+def power_ema(gamma: float):
+    """An ``AveragedModel`` averaging function: the power-function EMA, beta(t) = (1 - 1/t)^(gamma + 1) at the
+    t-th update (EDM2, eq. 3 with t the step; ``training.posthoc_ema.power_ema_beta``), computed on the device
+    without a host round trip."""
+
+    def average(averaged: Tensor, current: Tensor, num_averaged: Tensor) -> Tensor:
+        t = num_averaged.to(torch.float64) + 1  # the first update (t = 1, beta = 0) is AveragedModel's copy
+        beta = (1 - 1 / t) ** (gamma + 1)
+        return torch.lerp(averaged, current, (1 - beta).to(averaged.dtype))
+
+    return average
+
+
+class PowerEMA(EMAWeightAveraging):
+    """``EMAWeightAveraging`` (update schedule, checkpointing, validation swap) with EDM2's power-function EMA of
+    relative width ``sigma_rel``: at step t the average weighs step tau as tau^gamma (sec. 3 of Karras et al.
+    2024, "Analyzing and improving the training dynamics of diffusion models"), so it spans the last ~sigma_rel
+    share of the run at every step. Updates every optimizer step from the first."""
+
+    def __init__(self, sigma_rel: float = 0.10, **kwargs):
+        from diffusion.training.posthoc_ema import SIGMA_REL_MAX, sigma_rel_to_gamma
+
+        if isinstance(sigma_rel, bool) or not isinstance(sigma_rel, (int, float)) or not 0 < sigma_rel < SIGMA_REL_MAX:
+            raise ConfigError(f"callbacks.ema.sigma_rel={sigma_rel} must be a number in (0, {SIGMA_REL_MAX:.3f}) "
+                              "(EDM2's range; 0.05-0.10 are typical)")
+        super().__init__(**kwargs)
+        self.sigma_rel, self.gamma = float(sigma_rel), sigma_rel_to_gamma(sigma_rel)
+        self._kwargs["avg_fn"] = power_ema(self.gamma)
+
+
 class EMA(EMAWeightAveraging):
-    """``EMAWeightAveraging`` (update schedule, checkpointing, validation swap) with the warm-up decay."""
+    """``EMAWeightAveraging`` (update schedule, checkpointing, validation swap) with a constant decay, or with the
+    warm-up decay min(decay, (1 + n) / (10 + n)) (``warmup: true``; it reaches 0.999 at step 8,991)."""
 
     def __init__(self, decay: float = 0.999, warmup: bool = True, **kwargs):
         if not 0 < decay < 1:

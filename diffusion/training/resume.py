@@ -1,0 +1,87 @@
+"""Exact resumption: a run killed and resumed from any checkpoint ends bit for bit where the run left alone ends.
+
+What a checkpoint must carry for that, and where each part lives:
+
+* the weights, the EMA and post-hoc EMA averages, the optimizer and learning-rate schedule: Lightning's checkpoint
+  and the callbacks' ``state_dict``;
+* the data order's position in the epoch: ``data.datamodule.ResumableLoader`` (Lightning's stateful-loader hook);
+* every random draw of a training step (noise levels, noise, label dropout, dropout inside the network, and the
+  data module's flips): ``StepSeeds`` reseeds the global generators of torch (CPU and every CUDA device), numpy and
+  Python at the start of each step from ``derive_seed(seed, step, rank)``, so the generators' state at any step is
+  a function of what the checkpoint holds (the run's seed in its config, the step, the process count) instead of
+  the history of the process. Draws outside training steps (validation, FID, grids) cannot shift the next step;
+* the cadences' counters (grids, FID): the callbacks' ``state_dict``;
+* a checkpoint is written when its step is complete: after the step's validation, grids and FID where one runs
+  (``validation_follows``), so a resumed run neither repeats nor skips them.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from diffusion.core.errors import warn_inexact_resume
+from diffusion.core.seeds import TRAIN_STEP, derive_seed
+
+RECORD = "exact_resume"  # the checkpoint key of StepSeeds' record
+
+
+def seed_step(seed: int, step: int, rank: int) -> None:
+    """Seed every global generator for one training step of one process."""
+    value = derive_seed(seed, TRAIN_STEP, step, rank)
+    torch.manual_seed(value)  # the CPU generator and every CUDA device's
+    np.random.seed(value % 2**32)
+    random.seed(value)
+
+
+def validation_follows(trainer: L.Trainer) -> bool:
+    """Whether Lightning validates right after the current training batch (called from ``on_train_batch_end``).
+
+    Lightning's own decision (``_TrainingEpochLoop._should_check_val_fx``, private): a copy of its rules
+    (val_check_interval counted across epochs or in the epoch, last batch, early stopping) would drift from it."""
+    loop = trainer.fit_loop.epoch_loop
+    try:
+        return bool(loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
+    except AttributeError:  # another Lightning: the step's checkpoint is then written before its validation
+        return False
+
+
+class StepSeeds(L.Callback):
+    """Reseed the global generators at the start of every training step from (seed, step, rank), and keep the
+    record a resume checks: a checkpoint without it (written before exact resumption) or from another number of
+    processes resumes with one warning line saying why it cannot be exact."""
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning gives the checkpoint's loader state to the training loader when it builds it after restoring
+        # the loops; `estimated_stepping_batches` (asked by the LR schedule and the cadences when max_epochs is set)
+        # builds it earlier, during set-up, and the state is then never given. Give it now: the loader has not
+        # started its epoch yet (a no-op where Lightning did it, or on a fresh start).
+        loop = trainer.fit_loop
+        if getattr(loop, "_combined_loader_states_to_load", None):
+            loop._load_combined_loader_states()
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        seed_step(self.seed, trainer.global_step, trainer.global_rank)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[RECORD] = {"version": 1, "seed": self.seed, "world_size": trainer.world_size}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        record = checkpoint.get(RECORD)
+        rank = trainer.global_rank
+        if record is None:
+            warn_inexact_resume("the checkpoint was written before exact resumption (no random-generator or data-order "
+                                "state); training goes on from its weights and step with fresh draws", rank)
+        elif record["world_size"] != trainer.world_size:
+            warn_inexact_resume(f"it was written by {record['world_size']} processes and resumes on {trainer.world_size}: "
+                                "each process draws other noise and takes other images", rank)
+        elif record["seed"] != self.seed:
+            warn_inexact_resume(f"it was written with seed={record['seed']} and resumes with seed={self.seed}; "
+                                f"resume with seed={record['seed']}", rank)
