@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from diffusion.core.denoiser import DenoiserFn
-from diffusion.core.samplers.common import Callback, evaluations, noise_like, notify
+from diffusion.core.samplers.common import Callback, evaluations, noise_like, notify, to_d
 
 
 def churn(
@@ -43,7 +43,7 @@ def sample_euler(
     for i in range(len(sigmas) - 1):
         x, sigma = churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, generator)
         denoised = denoiser(x, sigma)
-        d = (x - denoised) / sigma
+        d = to_d(x, denoised, sigma)
         x = x + d * (sigmas[i + 1] - sigma)
         notify(callback, i, x, denoised)
     return x
@@ -69,10 +69,10 @@ def sample_heun(
         x, sigma = churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, generator)
         sigma_next = sigmas[i + 1]
         denoised = denoiser(x, sigma)
-        d = (x - denoised) / sigma
+        d = to_d(x, denoised, sigma)
         x_next = x + d * (sigma_next - sigma)
         if sigma_next > 0:
-            d_next = (x_next - denoiser(x_next, sigma_next)) / sigma_next
+            d_next = to_d(x_next, denoiser(x_next, sigma_next), sigma_next)
             x_next = x + (d + d_next) / 2 * (sigma_next - sigma)
         x = x_next
         notify(callback, i, x, denoised)
@@ -107,7 +107,7 @@ def sample_lms(
     derivatives: list[Tensor] = []
     for i in range(len(sigmas) - 1):
         denoised = denoiser(x, sigmas[i])
-        derivatives.insert(0, (x - denoised) / sigmas[i])
+        derivatives.insert(0, to_d(x, denoised, sigmas[i]))
         del derivatives[order:]
         current = min(i + 1, order)
         coeffs = [lms_coefficient(sigmas_np, i, j, current) for j in range(current)]
