@@ -183,6 +183,7 @@ CASES = [
     Case("sample-n-negative", "sample", ("n=-4",), ("n=-4",)),
     Case("sample-guidance-negative", "sample", ("guidance=-1",), ("guidance=-1",)),
     Case("sample-steps-zero", "sample", ("steps=0",), ("steps=0",)),
+    Case("sample-heun-unsound-steps", "sample", ("sampler=heun", "steps=3"), ("heun", "steps=3", "lowest sound NFE 33", "sampler.steps>=17")),
     Case("sample-steps-above-T", "sample", ("sampler=ddpm", "steps=501"), ("steps=501", "T=500")),
     Case("sample-label-unknown", "sample", ("n=2", "label=dragon"), ("label=dragon", "hero", "side-facing"), sub=True),
     Case("sample-label-out-of-range", "sample", ("label=7",), ("label=7", "0..4")),

@@ -190,7 +190,7 @@ def test_other_sampler_null_class_and_guidance(trained, tmp_path, capsys):
     from diffusion.tools.sample import sample_to_folder
 
     def run(out, *overrides):
-        sample_to_folder(compose_config("sample", [f"ckpt={trained.ckpt}", "n=5", "sampler=heun", "steps=3", "seed=1",
+        sample_to_folder(compose_config("sample", [f"ckpt={trained.ckpt}", "n=5", "sampler=heun", "steps=17", "seed=1",
                                                    f"out={tmp_path / out}", *overrides]))
         with np.load(tmp_path / out / "samples.npz") as f:
             return f["images"], f["labels"]

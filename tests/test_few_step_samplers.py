@@ -164,9 +164,9 @@ def test_restart_counts_its_evaluations(times, steps):
     for final_zero in (True, False):
         run = harness.run("restart", 12, 4, final_zero=final_zero, **options)
         assert run.nfe == expected_nfe("restart", 12, final_zero, **options) == 2 * 12 - final_zero + 2 * times * steps
-    sampler = Sampler("restart", steps=12, spacing="karras", options=options)
-    assert sampler.nfe == 23 + 2 * times * steps
-    assert steps_for_nfe(sample_restart, sampler.nfe, options) == 12
+    sampler = Sampler("restart", steps=17, spacing="karras", options=options)
+    assert sampler.nfe == 33 + 2 * times * steps
+    assert steps_for_nfe(sample_restart, sampler.nfe, options) == 17
     assert model_evaluations(sample_restart, 12) == 23 + 2 * 2 * 4  # the function's defaults: K = 2, N = 4
 
 

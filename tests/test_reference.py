@@ -390,12 +390,21 @@ def test_dpmpp_3m_sde_matches_diffusers(steps):
     theirs = x_vp.float()
     for t in ode.timesteps:
         theirs = ode.step(eps_model(theirs, t), t, theirs).prev_sample
-    _assert_close(sample_dpmpp_3m_sde(denoiser, x, sigmas, eta=0.0), theirs, F32, f"dpmpp_3m_sde eta=0 steps={steps}")
+    _assert_close(sample_dpmpp_3m_sde(denoiser, x, sigmas, eta=0.0, lower_order_final=False), theirs, F32,
+                  f"dpmpp_3m_sde eta=0 steps={steps}")
 
-    ours = sample_dpmpp_3m_sde(denoiser, x, sigmas, generator=torch.Generator().manual_seed(1))
+    ours = sample_dpmpp_3m_sde(denoiser, x, sigmas, lower_order_final=False, generator=torch.Generator().manual_seed(1))
     fixed = SecondOrderTermFixed(algorithm_type="sde-dpmsolver++", **options)
     fixed.set_timesteps(steps)
     _assert_close(ours, _run_dpm_sde(fixed, x_vp, _noises(steps)), F32, f"dpmpp_3m_sde steps={steps}")
+    if steps < 15:  # diffusers lowers the order of the last two steps below 15 steps, as ours does by default
+        lower = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", **{**options, "lower_order_final": True})
+        lower.set_timesteps(steps)
+        theirs_lower = x_vp.float()
+        for t in lower.timesteps:
+            theirs_lower = lower.step(eps_model(theirs_lower, t), t, theirs_lower).prev_sample
+        _assert_close(sample_dpmpp_3m_sde(denoiser, x, sigmas, eta=0.0), theirs_lower, F32, f"lower_order_final steps={steps}")
+        assert (theirs_lower - theirs).abs().max() > 100 * F32["atol"]  # not vacuous: the last steps differ
     if steps > 3:  # the third-order step is used: diffusers as shipped differs by exactly its D2 term
         shipped = DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", **options)
         shipped.set_timesteps(steps)

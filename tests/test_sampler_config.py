@@ -32,7 +32,7 @@ def test_defaults_and_name():
     s = Sampler("diffusion.core.samplers.ode.sample_heun")
     assert (s.steps, s.spacing, s.rho, s.options, s.clip_denoised, s.clip_percentile) == (500, "schedule", 7.0, {}, None, 0.995)
     assert s.name == "heun" and Sampler("heun", name="mine").name == "mine"
-    assert Sampler("heun", steps=1).steps == 1 and Sampler("heun", clip_percentile=1.0).clip_percentile == 1.0
+    assert Sampler("euler", steps=1).steps == 1 and Sampler("heun", clip_percentile=1.0).clip_percentile == 1.0
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -48,12 +48,12 @@ def test_refusals_name_the_setting(kwargs, message):
 
 
 def test_replace_copies_every_field():
-    s = Sampler("heun", steps=9, spacing="karras", rho=5.0, options={"s_churn": 1.0}, name="x", clip_denoised="static",
+    s = Sampler("heun", steps=17, spacing="karras", rho=5.0, options={"s_churn": 1.0}, name="x", clip_denoised="static",
                 clip_percentile=0.9)
     fields = lambda t: (t.fn, t.spacing, t.rho, t.options, t.name, t.clip_denoised, t.clip_percentile)  # noqa: E731
-    for copy in (s.replace(steps=3), s.with_steps(3)):
-        assert copy.steps == 3 and fields(copy) == fields(s)
-    assert s.replace(spacing="schedule").spacing == "schedule" and s.replace(spacing="schedule").steps == 9
+    for copy in (s.replace(steps=18), s.with_steps(18)):
+        assert copy.steps == 18 and fields(copy) == fields(s)
+    assert s.replace(spacing="schedule").spacing == "schedule" and s.replace(spacing="schedule").steps == 17
 
 
 def test_clip_denoised_refusals_and_data_range():

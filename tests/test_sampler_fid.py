@@ -20,8 +20,7 @@ def test_rows_for_every_sampler_budget_and_the_extra_rows(tiny_run, tmp_path):
     got = [(r["sampler"], r["steps"], r["nfe"], r.get("spacing")) for r in rows]
     assert got == [
         ("training images (floor)", 0, 0, None),
-        ("euler s_churn=2", 3, 3, "karras"),
-        ("heun s_churn=2", 2, 3, "karras"),  # Heun's steps fit the budget: 2 * 2 - 1 evaluations
+        ("euler s_churn=2", 3, 3, "karras"),  # Heun is skipped: refused below 17 steps (NFE 33), see sample_heun
         ("ddpm (z=0)", 500, 500, "schedule"),  # the collapse row: DDPM over all T levels without the added noise
     ]
     assert all(r["n"] == 8 for r in rows)
@@ -50,14 +49,14 @@ def test_spacing_option_moves_the_fast_samplers_to_the_schedules_levels(tiny_run
 
 def test_new_samplers_fit_the_budget_and_rows_record_the_label_mix(tiny_run):
     """Restart's cost depends on its options (K = 1 restart of the conf's N = 4 Heun steps: 8 evaluations), so its
-    steps for a budget of 21 are (21 + 1 - 8) // 2 = 7; the one-evaluation samplers take 21 steps."""
+    steps for a budget of 41 are (41 + 1 - 8) // 2 = 17; the one-evaluation samplers take 41 steps."""
     rows = sampler_fid.run(sampler_fid.build_parser().parse_args([
-        str(tiny_run.ckpt), "--n", "4", "--kid-subsets", "2", "--samplers", "restart", "ipndm", "dpmpp_3m_sde", "--nfe", "21",
+        str(tiny_run.ckpt), "--n", "4", "--kid-subsets", "2", "--samplers", "restart", "ipndm", "dpmpp_3m_sde", "--nfe", "41",
         "--options", "restart_times=1",
     ]))
     assert sampler_fid.steps_at_nfe("restart", 18, {}) is None  # K = 2, N = 4: 16 evaluations, and 2 levels at least
     assert [(r["sampler"], r["steps"], r["nfe"], r["labels"]) for r in rows] == [
-        ("restart restart_times=1", 7, 21, "data"), ("ipndm", 21, 21, "data"), ("dpmpp_3m_sde", 21, 21, "data"),
+        ("restart restart_times=1", 17, 41, "data"), ("ipndm", 41, 41, "data"), ("dpmpp_3m_sde", 41, 41, "data"),
     ]
     info = load_checkpoint(tiny_run.ckpt)["diffusion"]  # train.py stores the training split's class counts
     assert len(info["class_counts"]) == len(info["class_names"]) and sum(info["class_counts"]) > 0

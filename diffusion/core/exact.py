@@ -173,3 +173,38 @@ def expected_nfe(name: str, steps: int, final_zero: bool = True, **options) -> i
     the step to 0 (Heun's correction) when the last step does not end at 0."""
     fn = by_name(name)
     return model_evaluations(fn, steps, options) + (0 if final_zero else getattr(fn, "evaluations_saved", 0))
+
+
+# ------------------------------------------------------------------------- Gaussian data: a closed form
+
+
+def gaussian_denoiser(scales: Tensor) -> Callable[[Tensor, Tensor | float], Tensor]:
+    """The exact denoiser of Gaussian data x0 ~ N(0, s^2 I), one scale s per row of x (``scales``, shape (S,)):
+    D(x, sigma) = E[x0 | x0 + sigma eps = x] = x s^2 / (s^2 + sigma^2), the posterior mean of two Gaussians."""
+    s2 = scales.double().reshape(-1, 1) ** 2
+    return lambda x, sigma: x * s2 / (s2 + torch.as_tensor(sigma, dtype=torch.float64) ** 2)
+
+
+def gaussian_consistency(scales: Tensor) -> Callable[[Tensor, Tensor | float], Tensor]:
+    """The exact consistency function of the same data, f(x, sigma) = x s / sqrt(s^2 + sigma^2): the probability-flow
+    ODE dx/dsigma = (x - D) / sigma = x sigma / (s^2 + sigma^2) integrates to x(sigma) ~ sqrt(s^2 + sigma^2), so
+    f carries x at sigma to sigma = 0 in one step (what a consistency sampler's ``denoiser`` is, Song et al. 2023)."""
+    s = scales.double().reshape(-1, 1)
+    return lambda x, sigma: x * s / (s**2 + torch.as_tensor(sigma, dtype=torch.float64) ** 2).sqrt()
+
+
+def gaussian_gap(fn: Callable, sigmas: Tensor, scales: Tensor, options: dict | None = None, n: int = 4096, seed: int = 0) -> Tensor:
+    """How far sampler ``fn`` over ``sigmas`` (ending with 0) is from Gaussian data of each scale s, relative to s
+    (shape (S,)). From x_T ~ N(0, (s^2 + sigma_0^2) I), the marginal at sigma_0, the exact ODE returns x_T s /
+    sqrt(s^2 + sigma_0^2) (``gaussian_consistency`` at sigma_0), so a deterministic sampler is run from x_T =
+    sqrt(s^2 + sigma_0^2) and its gap is output / s - 1, its relative error against that solution; a stochastic
+    one is run from ``n`` draws and its gap is std(output) / s - 1 (Monte Carlo error about 1 / sqrt(2n): 1.1% at
+    n = 4096). Samplers marked ``takes_consistency_function`` get ``gaussian_consistency``, the others the denoiser."""
+    sigmas = sigmas.double()
+    s = scales.double().reshape(-1, 1)
+    stochastic = is_stochastic(fn)
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(len(scales), n, generator=g, dtype=torch.float64) if stochastic else torch.ones(len(scales), 1, dtype=torch.float64)
+    denoiser = (gaussian_consistency if getattr(fn, "takes_consistency_function", False) else gaussian_denoiser)(scales)
+    out = fn(denoiser, z * (s**2 + sigmas[0] ** 2).sqrt(), sigmas, generator=torch.Generator().manual_seed(seed + 1), **(options or {}))
+    return (out.std(1) if stochastic else out[:, 0]) / s[:, 0] - 1

@@ -80,6 +80,13 @@ class Sampler:
         self.fn, self.steps, self.spacing, self.rho = str(fn), steps, spacing, float(rho)
         self.options = dict(options or {})
         self.name = name or self.function.__name__.removeprefix("sample_")
+        least = getattr(self.function, "least_steps", 1)
+        if steps < least:
+            raise ConfigError(
+                f"sampler {self.name} with steps={steps} (NFE {self.nfe}) is below its lowest sound NFE "
+                f"{model_evaluations(self.function, least, self.options)}: set sampler.steps>={least} (BENCHMARKS.md, "
+                "\"Samplers on Gaussian data\") or choose dpmpp_2m_sde"
+            )
         if sigma_min is not None and not (isinstance(sigma_min, (int, float)) and sigma_min > 0):
             raise ConfigError(f"sampler.sigma_min={sigma_min} must be a positive number (or null: the schedule's)")
         self.sigma_min = None if sigma_min is None else float(sigma_min)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from diffusion.core.denoiser import DenoiserFn
-from diffusion.core.samplers.common import Callback, alpha_bar, noise_like, notify, stochastic
+from diffusion.core.samplers.common import Callback, alpha_bar, noise_like, notify, stochastic, to_d
 
 
 @torch.no_grad()
@@ -37,7 +37,7 @@ def sample_ddpm(
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, sigma)
-        eps = (x - denoised) / sigma
+        eps = to_d(x, denoised, sigma)
         ab, ab_next = alpha_bar(sigma), alpha_bar(sigma_next)
         alpha = ab / ab_next
         beta = 1 - alpha
@@ -67,7 +67,7 @@ def sample_ddim(
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, sigma)
-        eps = (x - denoised) / sigma
+        eps = to_d(x, denoised, sigma)
         ab, ab_next = alpha_bar(sigma), alpha_bar(sigma_next)
         s_eta = eta * math.sqrt((1 - ab_next) / (1 - ab) * (1 - ab / ab_next))
         x_vp = math.sqrt(ab_next) * denoised + math.sqrt(max(1 - ab_next - s_eta**2, 0.0)) * eps
@@ -105,7 +105,7 @@ def sample_euler_ancestral(
     for i in range(len(sigmas) - 1):
         denoised = denoiser(x, sigmas[i])
         sigma_down, sigma_up = get_ancestral_step(sigmas[i], sigmas[i + 1], eta)
-        d = (x - denoised) / sigmas[i]
+        d = to_d(x, denoised, sigmas[i])
         x = x + d * (sigma_down - sigmas[i])
         if sigmas[i + 1] > 0:
             x = x + noise_like(x, generator) * s_noise * sigma_up

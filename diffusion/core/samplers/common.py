@@ -33,6 +33,12 @@ def alpha_bar(sigma: Tensor | float) -> float:
     return 1 / (1 + sigma * sigma)
 
 
+def to_d(x: Tensor, denoised: Tensor, sigma: Tensor | float) -> Tensor:
+    """The probability-flow ODE's derivative dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. 2022, eq. 4 with
+    s(t) = 1, sigma(t) = t; k-diffusion's ``to_d``); in the ancestral samplers it is also the noise estimate eps."""
+    return (x - denoised) / sigma
+
+
 def notify(callback: Callback, i: int, x: Tensor, denoised: Tensor) -> None:
     if callback is not None:
         callback(i, x, denoised)

@@ -28,3 +28,8 @@ def sample_consistency(
         x = denoised + sigmas[i + 1] * noise_like(x, generator) if sigmas[i + 1] > 0 else denoised
         notify(callback, i, x, denoised)
     return x
+
+
+# The ``denoiser`` it is written for is a consistency function, not D(x, sigma): the Gaussian-data checks
+# (``core.exact.gaussian_gap``) hand it the exact consistency function of the data.
+sample_consistency.takes_consistency_function = True

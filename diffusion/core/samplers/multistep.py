@@ -8,7 +8,7 @@ from torch import Tensor
 
 from diffusion.core.denoiser import DenoiserFn
 from diffusion.core.errors import ConfigError
-from diffusion.core.samplers.common import Callback, notify
+from diffusion.core.samplers.common import Callback, notify, to_d
 
 
 @torch.no_grad()
@@ -70,7 +70,7 @@ def sample_ipndm(
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = denoiser(x, sigma)
-        derivatives.insert(0, (x - denoised) / sigma)
+        derivatives.insert(0, to_d(x, denoised, sigma))
         del derivatives[order:]
         weights = ADAMS_BASHFORTH[len(derivatives) - 1]
         x = x + (sigma_next - sigma) * sum(b * d for b, d in zip(weights, derivatives))

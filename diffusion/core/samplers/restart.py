@@ -93,4 +93,6 @@ def sample_restart(
     return sample_heun(denoiser, x, sigmas[j:], callback=shifted)
 
 
-sample_restart.least_steps = 2  # a positive level to restart from (tools skip NFE budgets below its cost)
+# Its base steps are Heun's (``sample_heun.least_steps``): with fewer, the restarts start from Heun's wrong solution
+# (2 base steps at NFE 19: x_T / 2) and cannot repair it.
+sample_restart.least_steps = sample_heun.least_steps

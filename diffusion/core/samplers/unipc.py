@@ -49,8 +49,9 @@ def sample_unipc(
     x: Tensor,
     sigmas: Tensor,
     *,
-    order: int = 3,
+    order: int = 2,
     corrector: bool = True,
+    lower_order_final: bool = True,
     generator: torch.Generator | None = None,
     callback: Callback = None,
 ) -> Tensor:
@@ -60,8 +61,11 @@ def sample_unipc(
     Each step from sigma to sigma_next (h = log(sigma / sigma_next)) first corrects x with UniC, using the
     denoiser's output at x (the predictor's last result) as one more node, then predicts with UniP of order
     min(``order``, steps so far, steps left): x_next = (sigma_next / sigma) x - h phi_1 D_0 - B(h) sum_k rho_k D1_k.
-    ``corrector=False`` is UniP alone. Orders 1 to 3 are those of the paper's experiments (3 for unconditional
-    sampling, 2 with guidance); the corrector adds one to the predictor's order.
+    ``corrector=False`` is UniP alone; ``lower_order_final=False`` keeps the order up to the last step (the lower
+    final orders are the paper's and diffusers' default). Orders 1 to 3 are those of the paper's experiments (3 for
+    unconditional sampling, 2 with guidance); the corrector adds one to the predictor's order. The default is 2:
+    on Gaussian data order 3 is further from the closed-form solution than Euler from 5 to 14 NFE (BENCHMARKS.md,
+    "Samplers on Gaussian data"), order 2 never.
     """
     if order not in (1, 2, 3):
         raise ConfigError(f"sampler.options.order={order} must be 1, 2 or 3 for UniPC")
@@ -85,7 +89,7 @@ def sample_unipc(
         lambdas.append(lam)
         outputs.append(denoised)
         del lambdas[: -order], outputs[: -order]
-        this_order = min(order, steps - i, len(outputs))
+        this_order = min(order, steps - i if lower_order_final else order, len(outputs))
         last_x, last_order = x, this_order
         if sigma_next == 0:
             x = denoised  # the exact first-order step to sigma = 0

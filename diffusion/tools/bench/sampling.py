@@ -49,7 +49,9 @@ def sampling_jobs(module: DiffusionModule, plan: Plan, device: torch.device) -> 
     for nfe in plan.nfes:
         for name in FAST_SAMPLERS:
             config = sampler_config(name)
-            sampler = build_sampler(config, steps_for_nfe(build_sampler(config).function, nfe))
+            fn = build_sampler(config).function
+            # Not below a sampler's lowest sound step count, which Sampler refuses (Heun: 17, core.samplers.ode).
+            sampler = build_sampler(config, max(steps_for_nfe(fn, nfe), getattr(fn, "least_steps", 1)))
             run = lambda s=sampler: generate(denoiser, s, n, image_size=IMAGE_SIZE, device=device)  # noqa: E731
             jobs.append(SamplingJob(name, sampler.steps, sampler.nfe, run))
     return jobs
