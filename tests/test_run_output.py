@@ -1,27 +1,38 @@
-"""One step number everywhere: a validation's figures in CSV, TensorBoard and W&B sit at the step of fid.json,
-history.jsonl and the sample grids' file names (``trainer.global_step`` after the step that preceded it)."""
+"""What one tiny run leaves behind and prints, with its stdout a pipe (as in a cluster job's log file): one step
+number everywhere (a validation's figures in CSV, TensorBoard and W&B at the step of fid.json, history.jsonl
+and the sample grids' file names: ``trainer.global_step`` after the step that preceded it), and progress lines
+without Lightning's noise."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 
 import pytest
 from conftest import describe, run_script, write_sprites
 from test_tracking import WANDB_ENV, wandb_records
 
 
-@pytest.mark.slow
-def test_validation_figures_sit_at_the_same_step_in_every_record(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_job(tmp_path_factory):
+    """(process, run directory) of a 4-step run with every logger, validations, grids and FID at steps 2 and 4."""
+    tmp_path = tmp_path_factory.mktemp("records")
     data, run = write_sprites(tmp_path / "sprites"), tmp_path / "run"
     env = {**WANDB_ENV, "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"), "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"), "WANDB_API_KEY": ""}
     proc = run_script(
         "train.py", "data=sprites", f"data.dir={data}", f"hydra.run.dir={run}", "logger=[csv,tensorboard,wandb]",
         # validations, grids and FID at steps 2 and 4, inside the training epoch
         "validation.fraction=0.5", "callbacks.fid.fraction=0.5", "callbacks.sample_grid.fraction=0.5",
-        "callbacks.checkpoint.save_top_k=-1", "callbacks.checkpoint.every_n_steps=1", env=env,
+        "callbacks.checkpoint.save_top_k=-1", "callbacks.checkpoint.every_n_steps=1", "callbacks.progress.every_s=0", env=env,
     )
     assert proc.returncode == 0, describe(proc)
+    return proc, run
+
+
+@pytest.mark.slow
+def test_validation_figures_sit_at_the_same_step_in_every_record(tiny_job):
+    proc, run = tiny_job
 
     fid_rows = json.loads((run / "fid.json").read_text())["history"]
     steps = [row["step"] for row in fid_rows]
@@ -56,3 +67,15 @@ def test_validation_figures_sit_at_the_same_step_in_every_record(tmp_path):
             summary.update({"/".join(u.nested_key) or u.key: json.loads(u.value_json) for u in record.summary.update})
     assert logged == {"val/loss": steps, "val/fid": steps}
     assert summary["val/fid_best_step"] == min(fid_rows, key=lambda row: row["fid"])["step"]
+
+
+@pytest.mark.slow
+def test_a_run_logged_to_a_file_prints_progress_lines_and_no_lightning_noise(tiny_job):
+    proc, run = tiny_job
+    lines = proc.stdout.splitlines()
+    # every_s=0: a line every 2% of the run, here every step, each with its loss, speed and times
+    steps = [line for line in lines if line.startswith("step ")]
+    assert [line.split()[1] for line in steps] == ["1/4", "2/4", "3/4", "4/4"], proc.stdout
+    assert all(re.fullmatch(r"step \d/4 \(\d+%\)  train/loss [\d.e-]+  \d+ img/s  elapsed \d+s  eta \d+s", line) for line in steps), steps
+    assert [line.split(":")[0] for line in lines if line.startswith("validation at")] == ["validation at step 2", "validation at step 4"]
+    assert "litlogger" not in proc.stdout + proc.stderr and "LeafSpec" not in proc.stderr
