@@ -71,11 +71,12 @@ def test_a_trials_command_reruns_that_one_trial(optuna_study, tmp_path: Path):
     assert (python, script) == ("python", "train.py") and not any("hparams_search" in o for o in overrides)
 
     # one run, not a search: no sweeper, and the trial's drawn values as the composed config
-    shown = run_script("train.py", "--cfg", "hydra", *overrides, tiny=False)
+    shown = run_script("train.py", "--cfg", "all", *overrides, tiny=False)
     assert shown.returncode == 0, describe(shown)
-    hydra_cfg = yaml.safe_load(shown.stdout)["hydra"]
+    job = yaml.safe_load(shown.stdout)
+    hydra_cfg = job["hydra"]
     assert hydra_cfg["mode"] in (None, "RUN") and "Optuna" not in str(hydra_cfg["sweeper"])
-    job = yaml.safe_load(run_script("train.py", "--cfg", "job", *overrides, tiny=False).stdout)
+    assert hydra_cfg["run"]["dir"].startswith("runs/")  # a run directory of its own, not in the sweep
     assert job["optimizer"]["lr"] == pytest.approx(float(best["optimizer.lr"]))
     assert job["model"]["base_channels"] == int(best["model.base_channels"])
     assert job["callbacks"]["ema"]["decay"] == pytest.approx(float(best["callbacks.ema.decay"]))
