@@ -76,6 +76,6 @@ def test_a_run_logged_to_a_file_prints_progress_lines_and_no_lightning_noise(tin
     # every_s=0: a line every 2% of the run, here every step, each with its loss, speed and times
     steps = [line for line in lines if line.startswith("step ")]
     assert [line.split()[1] for line in steps] == ["1/4", "2/4", "3/4", "4/4"], proc.stdout
-    assert all(re.fullmatch(r"step \d/4 \(\d+%\)  train/loss [\d.e-]+  \d+ img/s  elapsed \d+s  eta \d+s", line) for line in steps), steps
+    assert all(re.fullmatch(r"step \d/4 \(\d+%\)  train/loss [\d.e-]+  \d+ img/s  elapsed [\dhms]+  eta [\dhms]+", line) for line in steps), steps
     assert [line.split(":")[0] for line in lines if line.startswith("validation at")] == ["validation at step 2", "validation at step 4"]
     assert "litlogger" not in proc.stdout + proc.stderr and "LeafSpec" not in proc.stderr
