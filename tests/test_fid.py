@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_MODEL, compose_config
+from test_kid import unbiased_mmd2
 
 from diffusion.core.errors import ConfigError
 from diffusion.core.sampling import Sampler
@@ -56,7 +57,8 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(sprites, weights)
     quality.update_fake(real.float() / 127.5 - 1)  # the same images, through the [-1, 1] path
     same = quality.compute()
     quality.reset_fake()
-    # FID ~0; KID's unbiased estimate of identical sets is -2 (k(x, x) - k(x, y)) / (m - 1) on average: <= 0
+    # FID ~0; KID of two random halves of one set is -2 (k(x, x) - k(x, y)) / n on average (the chance of drawing
+    # an image on both sides): <= 0, and these seeded draws are
     assert abs(same["fid"]) < 1e-3 and same["kid_mean"] <= 1e-6, same
     assert same["n_real"] == same["n_fake"] == 300
 
@@ -87,17 +89,24 @@ def test_torchmetrics_and_torch_fidelity_agree(sprites, weights):
     theirs = fidelity_metrics(fake, real, feature_weights=weights, kid_subsets=3, kid_subset_size=n, isc=True)
     assert math.isclose(ours["fid"], theirs["fid"], rel_tol=1e-3), (ours, theirs)
     assert 0 <= theirs["precision"] <= 1 and 0 <= theirs["recall"] <= 1 and 1 <= theirs["isc_mean"] <= 5
-    # KID's random subsets differ (torch.randperm against numpy's RandomState); with subsets of all
-    # images on both sides they are the same, and so must the figures be (both libraries compute KID
-    # in float32, which leaves ~1e-6 of cancellation noise: compare a KID well above that)
+    # KID's random subsets differ (torch.randperm, real set first, against numpy's RandomState, samples first): each
+    # library's figure is the unbiased MMD^2 of its own draws, min(1000, 250 // 2, 200 // 2) = 100 from each set
+    # (both compute in float32, which leaves ~1e-6 of cancellation noise: compare a KID well above that)
     fake = to_uint8(perturbed(sprites[250:450], 0.4))
-    quality = ImageQuality(load_weights(weights), kid_subsets=1, kid_subset_size=n)
-    quality.update_real(real[:n])
+    quality = ImageQuality(load_weights(weights), kid_subsets=2, kid_subset_size=1000, seed=0)
+    quality.update_real(real)
     quality.update_fake(fake)
     ours = quality.compute()
-    theirs = fidelity_metrics(fake, real[:n], feature_weights=weights, kid_subsets=1, kid_subset_size=n, prc=False)
-    assert theirs["kid_mean"] > 1e-4 and math.isclose(ours["kid_mean"], theirs["kid_mean"], rel_tol=1e-3), (ours, theirs)
-    assert math.isclose(ours["fid"], theirs["fid"], rel_tol=1e-3), (ours, theirs)
+    theirs = fidelity_metrics(fake, real, feature_weights=weights, kid_subsets=2, kid_subset_size=1000, prc=False, seed=0)
+    with torch.no_grad():
+        f_real, f_fake = (load_weights(weights)(x).double().numpy() for x in (real, fake))
+    torch.manual_seed(0)
+    torch_draws = [(torch.randperm(250)[:100].numpy(), torch.randperm(200)[:100].numpy()) for _ in range(2)]
+    rng = np.random.RandomState(0)
+    numpy_draws = [tuple(reversed([rng.choice(200, 100, replace=False), rng.choice(250, 100, replace=False)])) for _ in range(2)]
+    for figures, draws in ((ours, torch_draws), (theirs, numpy_draws)):
+        by_hand = np.mean([unbiased_mmd2(f_real[r], f_fake[f]) for r, f in draws])
+        assert figures["kid_mean"] > 1e-4 and math.isclose(figures["kid_mean"], by_hand, rel_tol=1e-3), (figures, by_hand)
 
 
 def test_inception_without_weights_is_a_one_line_config_error(tmp_path, monkeypatch):

@@ -118,10 +118,13 @@ def test_training_drops_labels_and_an_unconditional_net_gets_none():
     assert m._labels(torch.arange(6) % 3, drop=True) is None
 
 
-def test_negative_labels_are_clamped_to_class_zero():
-    m = module()
-    m.training_step((batch()[0], torch.tensor([-1, 2, -1, 1, 0, 2])), 0)
-    assert m.denoiser.net.labels.tolist() == [0, 2, 0, 1, 0, 2]
+def test_unlabelled_images_train_and_validate_as_the_null_class():
+    m = module()  # 3 classes: the null class is index 3, the one label dropout and guidance use
+    labels = torch.tensor([-1, 2, -1, 1, 0, 2])
+    m.training_step((batch()[0], labels), 0)
+    assert m.denoiser.net.labels.tolist() == [3, 2, 3, 1, 0, 2]
+    m.validation_step((batch()[0], labels), 0)
+    assert m.denoiser.net.labels.tolist() == [3, 2, 3, 1, 0, 2]
 
 
 # --------------------------------------------------------------------------------- generate

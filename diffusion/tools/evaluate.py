@@ -68,6 +68,7 @@ def evaluate(cfg) -> dict[str, Any]:
         describe,
         fidelity_metrics,
         inception_weights_path,
+        kid_subset_size_used,
     )
     from diffusion.tools.records import log_evaluation, save_config
 
@@ -125,7 +126,7 @@ def evaluate(cfg) -> dict[str, Any]:
         "n_reference": len(reference),
         "samples": str(samples_path),
         "reference": {"data": cfg.data._target_.rsplit(".", 1)[-1], "split": cfg.reference},
-        "kid_subset_size": min(cfg.kid_subset_size, len(samples), len(reference)),
+        "kid_subset_size": kid_subset_size_used(cfg.kid_subset_size, len(samples), len(reference)),
         "seconds": round(time.perf_counter() - start, 2),
     }
     out.parent.mkdir(parents=True, exist_ok=True)

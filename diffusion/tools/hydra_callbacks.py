@@ -15,6 +15,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffusion.core.errors import ConfigError
 
+# Config groups whose options make a search rather than a run (conf/hparams_search/: hydra.mode MULTIRUN and a
+# sweeper): a job's rerun command leaves them out, or "rerun this job" would launch a new search.
+SEARCH_GROUPS = ("hparams_search",)
+
+
+def rerun_command(overrides: list[str]) -> str:
+    """``python train.py`` with a job's own overrides (a search trial's drawn values among them, as plain
+    KEY=VALUE): one training run in a fresh run directory of its own, not a multirun and not a new trial."""
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in SEARCH_GROUPS]
+    return shlex.join(["python", "train.py", *kept])
+
 
 def collect_runs(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job directory that holds a metrics.json: its overrides, then its metrics."""
@@ -26,7 +37,7 @@ def collect_runs(sweep_dir: Path) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"job": job_dir.name}
         row.update(dict(o.split("=", 1) for o in overrides if "=" in o))
         row.update(json.loads(metrics_file.read_text()))
-        row["command"] = shlex.join(["python", "train.py", *overrides])
+        row["command"] = rerun_command(list(overrides))
         rows.append(row)
     return rows
 

@@ -30,6 +30,7 @@ from diffusion.training.checkpoints import (
     resolve_ckpt_path,
 )
 from diffusion.training.precision import fast_bf16_available
+from diffusion.training.progress_log import hide_lightning_noise
 from diffusion.training.resume import StepSeeds
 from diffusion.training.timing import RunTimer, describe
 
@@ -83,6 +84,7 @@ def write_plots(run_dir: Path) -> None:
 
 def train(cfg: DictConfig) -> float:
     timer = RunTimer()
+    hide_lightning_noise()
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     check_run_dir(run_dir, resuming=ckpt_path is not None)

@@ -86,12 +86,16 @@ class DiffusionModule(L.LightningModule):
         return self.denoiser.net.image_size
 
     def _labels(self, labels: Tensor, drop: bool) -> Tensor | None:
+        """The labels the network sees: an unlabelled image (-1) is the null class (index ``num_classes``), the
+        class classifier-free guidance (Ho & Salimans 2022) samples without a label; ``drop`` also replaces a
+        ``label_dropout`` share of the labels by it."""
         if self.num_classes == 0:
             return None
-        labels = labels.clamp(min=0)
+        null_class = torch.full_like(labels, self.num_classes)
+        labels = torch.where(labels < 0, null_class, labels)
         if drop and self.label_dropout > 0:
             null = torch.rand(labels.shape, device=labels.device) < self.label_dropout
-            labels = torch.where(null, torch.full_like(labels, self.num_classes), labels)
+            labels = torch.where(null, null_class, labels)
         return labels
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:

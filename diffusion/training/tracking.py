@@ -164,18 +164,18 @@ def _wandb_runs(trainer: L.Trainer) -> list:
     return [logger.experiment for logger in trainer.loggers if isinstance(logger, WandbLogger)]
 
 
-def _logged_step(trainer: L.Trainer) -> int:
-    """The step Lightning's loggers write a validation figure at (``trainer/global_step`` of W&B's charts): the
-    optimizer steps done less one during fit (Lightning's count of batches stepped), not ``trainer.global_step``."""
-    return int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))
-
-
 # -- during training ---------------------------------------------------------------------------------------
 class RunTracker(L.Callback):
     """Hands ``hparams`` to every logger when training starts, appends the losses and ``val/fid`` to
     ``<run_dir>/history.jsonl`` (read by ``evaluation.plots``, so plots need no particular logger), and keeps
     W&B's ``val/fid_best_step`` beside its ``val/fid`` minimum. A resumed run first drops the history lines past
-    its checkpoint's step, so no step appears twice."""
+    its checkpoint's step, so no step appears twice.
+
+    Every logger receives a validation's figures at ``trainer.global_step``, the step of ``fid.json``,
+    ``history.jsonl`` and the grids' file names. Lightning would log them at its count of batches stepped, which
+    a validation inside a training epoch reads before it counts the optimizer step just taken (one step lower);
+    a logged ``step`` metric is the step Lightning's ``_LoggerConnector.log_metrics`` hands every logger instead
+    (with ``epoch``, which it then no longer adds), so the figures land at the right step in any logger."""
 
     def __init__(self, hparams: dict[str, Any], run_dir: str | Path):
         self.hparams, self.run_dir = hparams, Path(run_dir)
@@ -226,6 +226,17 @@ class RunTracker(L.Callback):
                 found[name.removesuffix("_step").removesuffix("_epoch")] = float(value)
         return found
 
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            for key, value in (("step", trainer.global_step), ("epoch", trainer.current_epoch)):
+                pl_module.log(key, float(value), sync_dist=True)  # the same on every rank; synced, so no warning
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        # The validation's step and epoch would stay in callback_metrics, where ModelCheckpoint takes them for
+        # the step and epoch of every later checkpoint's file name.
+        for key in ("step", "epoch"):
+            trainer.callback_metrics.pop(key, None)
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if trainer.is_global_zero and trainer.global_step % max(trainer.log_every_n_steps, 1) == 0:
             found = self._scalars(trainer, ("train/loss", "train/loss_step"))
@@ -241,7 +252,7 @@ class RunTracker(L.Callback):
         if fid is not None:
             entry["val/fid"] = fid
             if self.best is None or fid < self.best[0]:
-                self.best = (fid, _logged_step(trainer))
+                self.best = (fid, trainer.global_step)
                 for run in _wandb_runs(trainer):
                     run.summary["val/fid_best_step"] = self.best[1]
         if len(entry) > 1:
