@@ -47,9 +47,21 @@ def _user_error(err: BaseException) -> str | None:
         if isinstance(seen, MissingMandatoryValue):
             return f"missing required setting {getattr(seen, 'full_key', '') or seen}; pass it on the command line as KEY=VALUE"
         if isinstance(seen, OmegaConfBaseException):
-            return str(seen).splitlines()[0]
+            # OmegaConf's message is several lines (the message, then full_key and object_type): keep the first,
+            # naming the key where the first line does not
+            first, key = (str(seen).splitlines() or [type(seen).__name__])[0], getattr(seen, "full_key", None)
+            return f"{key}: {first}" if key and str(key) not in first else first
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def check_settings(cfg, command: str) -> None:
+    """Every key of ``command``'s composed config against its declared type and range
+    (``diffusion.tools.config_schema``), before any work starts; a bad one raises the one-line ConfigError."""
+    from diffusion.tools.config_schema import SCHEMAS
+    from diffusion.tools.config_types import check_config
+
+    check_config(cfg, SCHEMAS[command])
 
 
 def reports_user_errors(fn: Callable) -> Callable:

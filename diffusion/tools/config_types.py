@@ -1,0 +1,414 @@
+"""The kinds of value a config key may hold (type, range, choices) and the one pass that checks a composed config.
+
+Every user-facing key of the Hydra configs is declared once in ``diffusion.tools.config_schema`` as one of these
+kinds; ``check_config`` walks the composed config before any work starts (no data generated, no model built, no
+run directory touched) and raises ``ConfigError("<key>=<value> must be <kind>; set e.g. <key>=<example>")``,
+which the entry points print as one ``error:`` line with exit status 2 (``diffusion.tools.cli``).
+
+Why a declared table checked at start-up rather than Hydra structured configs (dataclasses in the ConfigStore
+that the yaml files extend through their defaults lists, as in Hydra 1.3's "Structured Config schema" tutorial):
+
+- a dataclass field declares a type, not a range or a set of names: ``trainer.max_steps=-5`` or
+  ``sampler.spacing=nope`` would pass it, so a second, range-checking pass was needed anyway;
+- OmegaConf's ``ValidationError`` is several lines (message, ``full_key``, ``object_type``) and is raised while
+  Hydra composes, before the entry point can word it as ``<key>=<value> ...; <fix>``;
+- a group whose ``_target_`` names a user's class must accept that class's own keys; one schema a yaml file
+  cannot switch between open and closed by the value of ``_target_``;
+- every yaml file would gain a defaults entry, where here the yaml files stay as they are.
+
+A node is ``closed`` (unknown keys are errors, naming the closest known key) when the key that picks its code
+(``_target_``, or a sampler's ``fn``) names one of the framework's classes listed with it; a user's class leaves
+the node open: its own keys pass, the keys the schema declares are still checked. Values written as
+interpolations (``${paths.output_dir}``, ``${seed}``) are not checked where they are used: the key they point to
+is checked itself. ``bad_values()`` of each kind lists values it must reject, so tests derive their cases from
+the schema rather than from a hand-written list.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from diffusion.core.errors import ConfigError
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _show(value: Any) -> str:
+    """A value as the message quotes it: strings in quotes (so '32' and 32 differ), null as null."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+class Kind:
+    """A leaf's declared type and range. ``problem`` is None for an accepted value."""
+
+    null: bool = False
+
+    def accepts(self, value: Any) -> bool:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def example(self) -> str:
+        raise NotImplementedError
+
+    def bad_values(self) -> list[Any]:
+        """Values of the wrong type or outside the range, read off the declaration."""
+        raise NotImplementedError
+
+    def problem(self, value: Any) -> str | None:
+        if value is None:
+            return None if self.null else "must not be null"
+        return None if self.accepts(value) else f"must be {self.describe()}"
+
+    def _or_null(self, text: str) -> str:
+        return f"{text} or null" if self.null else text
+
+    def _null_bad(self) -> list[Any]:
+        return [] if self.null else [None]
+
+
+@dataclass(frozen=True)
+class Int(Kind):
+    """An integer in [min, max]; ``also``: values allowed outside the range (Lightning's -1: no limit)."""
+
+    min: int | None = None
+    max: int | None = None
+    also: tuple[int, ...] = ()
+    null: bool = False
+
+    def accepts(self, value: Any) -> bool:
+        if not _is_int(value):
+            return False
+        return value in self.also or ((self.min is None or value >= self.min) and (self.max is None or value <= self.max))
+
+    def describe(self) -> str:
+        if self.min is not None and self.max is not None:
+            text = f"an integer in [{self.min}, {self.max}]"
+        elif self.min == 1:
+            text = "a positive integer"
+        elif self.min is not None:
+            text = f"an integer >= {self.min}"
+        elif self.max is not None:
+            text = f"an integer <= {self.max}"
+        else:
+            text = "an integer"
+        text += "".join(f" or {v}" for v in self.also)
+        return self._or_null(text)
+
+    def example(self) -> str:
+        return str(self.min if self.min is not None else (self.max if self.max is not None else 0))
+
+    def bad_values(self) -> list[Any]:
+        bad: list[Any] = ["abc", 1.5, True, [1]]
+        if self.min is not None:
+            bad += [v for v in dict.fromkeys((self.min - 1, 0, -1, -7)) if v < self.min and v not in self.also]
+        if self.max is not None:
+            bad.append(self.max + 1)
+        return bad + self._null_bad()
+
+
+@dataclass(frozen=True)
+class Float(Kind):
+    """A finite number (an integer is accepted too) between ``low`` and ``high``, each end open or closed."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    null: bool = False
+    infinite: bool = False  # +inf accepted (a sampler's s_tmax)
+
+    def accepts(self, value: Any) -> bool:
+        if not _is_number(value) or math.isnan(value) or (math.isinf(value) and not (self.infinite and value > 0)):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return self.high is None or not (value > self.high or (self.high_open and value == self.high))
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            text = f"a number in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        elif self.low == 0 and self.low_open:
+            text = "a positive number"
+        elif self.low is not None:
+            text = f"a number {'>' if self.low_open else '>='} {self.low:g}"
+        else:
+            text = "a number"
+        return self._or_null(text)
+
+    def example(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"{(self.low + self.high) / 2:g}"
+        return f"{(self.low or 0) + (1 if self.low_open or self.low is None else 0):g}"
+
+    def bad_values(self) -> list[Any]:
+        bad: list[Any] = ["abc", True, [1.0], math.nan]
+        if self.low is not None:
+            bad.append(self.low - 1.0)
+            bad += [self.low] if self.low_open else []
+            bad += [-1.0] if -1.0 < self.low else []  # a negative
+            bad += [0.0] if 0.0 < self.low or (self.low_open and self.low == 0) else []  # zero where out of range
+        if self.high is not None:
+            bad += [self.high + 1.0] + ([self.high] if self.high_open else [])
+        return bad + self._null_bad()
+
+
+@dataclass(frozen=True)
+class Bool(Kind):
+    null: bool = False
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, bool)
+
+    def describe(self) -> str:
+        return self._or_null("true or false")
+
+    def example(self) -> str:
+        return "true"
+
+    def bad_values(self) -> list[Any]:
+        return ["maybe", 2, [True]] + self._null_bad()
+
+
+@dataclass(frozen=True)
+class Str(Kind):
+    """Free text: a path, a name, a class path. A number is taken as its text (``out=123`` is a folder)."""
+
+    null: bool = False
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, str) or _is_number(value)
+
+    def describe(self) -> str:
+        return self._or_null("a single value (text, a path)")
+
+    def example(self) -> str:
+        return "NAME"
+
+    def bad_values(self) -> list[Any]:
+        return [["a", "b"], {"a": 1}, True] + self._null_bad()
+
+
+@dataclass(frozen=True)
+class Choice(Kind):
+    """One of a few names. Compared as text: ``precision=32`` arrives as the integer 32 and matches "32".
+    ``names`` may be a function, for a list known only at run time (Lightning's registered strategies)."""
+
+    names: tuple[str, ...] | Callable[[], tuple[str, ...]] = ()
+    null: bool = False
+
+    def options(self) -> tuple[str, ...]:
+        return tuple(self.names()) if callable(self.names) else self.names
+
+    def accepts(self, value: Any) -> bool:
+        return (isinstance(value, str) or _is_number(value)) and str(value) in self.options()
+
+    def describe(self) -> str:
+        return self._or_null(f"one of {', '.join(self.options())}")
+
+    def example(self) -> str:
+        return self.options()[0]
+
+    def bad_values(self) -> list[Any]:
+        return ["nope", True, ["a"]] + self._null_bad()
+
+
+@dataclass(frozen=True)
+class ListOf(Kind):
+    """A list whose every item is ``item``; ``length``: exactly so many items."""
+
+    item: Kind = field(default_factory=Str)
+    length: int | None = None
+    null: bool = False
+    min_length: int = 0
+
+    def accepts(self, value: Any) -> bool:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if (self.length is not None and len(value) != self.length) or len(value) < self.min_length:
+            return False
+        return all(self.item.accepts(v) for v in value)
+
+    def describe(self) -> str:
+        size = f"{self.length} " if self.length is not None else ("" if not self.min_length else f"at least {self.min_length} ")
+        return self._or_null(f"a list of {size}items, each {self.item.describe()}")
+
+    def example(self) -> str:
+        return "[" + ",".join([self.item.example()] * (self.length or max(self.min_length, 1))) + "]"
+
+    def bad_values(self) -> list[Any]:
+        size = self.length or max(self.min_length, 1)
+        item_bad = [v for v in self.item.bad_values() if v is not None and not isinstance(v, list)][:1]
+        bad: list[Any] = ["abc", item_bad * size]
+        if self.length or self.min_length:
+            bad.append([])
+        return bad + self._null_bad()
+
+
+@dataclass(frozen=True)
+class Either(Kind):
+    """Any of several kinds (Lightning's ``devices``: an integer, "auto" or a list of indices); a ``Node`` among
+    them takes a group of settings (a Lightning strategy or profiler given as an object with its ``_target_``)."""
+
+    kinds: tuple[Kind | Node, ...] = ()
+    null: bool = False
+
+    def _leaves(self) -> list[Kind]:
+        return [kind for kind in self.kinds if isinstance(kind, Kind)]
+
+    def accepts(self, value: Any) -> bool:
+        return any(kind.accepts(value) for kind in self._leaves())
+
+    def describe(self) -> str:
+        texts = [kind.describe() if isinstance(kind, Kind) else "a group with its _target_" for kind in self.kinds]
+        return self._or_null(" or ".join(texts))
+
+    def example(self) -> str:
+        return self._leaves()[0].example()
+
+    def bad_values(self) -> list[Any]:
+        candidates = [v for kind in self._leaves() for v in kind.bad_values() if v is not None]
+        return [v for v in candidates if not self.accepts(v) and not isinstance(v, dict)] + self._null_bad()
+
+
+@dataclass(frozen=True)
+class Anything(Kind):
+    """No check: a value the framework passes on untouched (a Lightning profiler object, Hydra's own node)."""
+
+    null: bool = True
+
+    def accepts(self, value: Any) -> bool:
+        return True
+
+    def describe(self) -> str:
+        return "anything"
+
+    def example(self) -> str:
+        return "null"
+
+    def bad_values(self) -> list[Any]:
+        return []
+
+
+@dataclass(frozen=True)
+class Node:
+    """A group of keys. ``owner`` is the key naming the code the group configures; the node is closed (unknown
+    keys rejected) when that value is one of ``closed_for`` (an entry ending in "." is a module prefix), open for
+    a user's class. ``each``: the kind of every key not in ``keys`` (a group of callbacks by any name)."""
+
+    keys: Mapping[str, Kind | Node | ByTarget] = field(default_factory=dict)
+    owner: str = "_target_"
+    closed_for: tuple[str, ...] = ()
+    each: Kind | Node | ByTarget | None = None
+    null: bool = False
+    always_closed: bool = False  # a plain group of settings (training, validation): no owner decides
+
+    def closed(self, cfg: DictConfig) -> bool:
+        if self.always_closed:
+            return True
+        if self.owner not in cfg or OmegaConf.is_interpolation(cfg, self.owner):
+            return False
+        name = str(cfg[self.owner])
+        return any(name == c or (c.endswith(".") and name.startswith(c)) for c in self.closed_for)
+
+
+@dataclass(frozen=True)
+class ByTarget:
+    """A node picked by the ``_target_`` of the value (a callback, a logger); another class is a user's: open."""
+
+    nodes: Mapping[str, Node] = field(default_factory=dict)
+    null: bool = True
+
+    def pick(self, cfg: DictConfig) -> Node:
+        target = cfg.get("_target_") if not OmegaConf.is_interpolation(cfg, "_target_") else None
+        return self.nodes.get(str(target), OPEN)
+
+
+OPEN = Node()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, ListConfig):
+        try:
+            return OmegaConf.to_container(value, resolve=True)
+        except Exception:  # noqa: BLE001 - an interpolation only the run can resolve: its target is checked there
+            return None
+    return value
+
+
+def _unknown(key: str, path: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
+    hint = f"did you mean {path + '.' if path else ''}{close[0]}?" if close else f"known: {', '.join(sorted(known))}"
+    return ConfigError(f"{path + '.' if path else ''}{key} is not a setting of {path or 'this command'}; {hint} (check the spelling)")
+
+
+def _check_node(cfg: DictConfig, node: Node, path: str, open_: bool) -> None:
+    open_ = open_ or not node.closed(cfg)
+    for key in cfg.keys():
+        key = str(key)
+        full = f"{path}.{key}" if path else key
+        spec = node.keys.get(key, node.each)
+        if spec is None:
+            if open_:
+                continue
+            raise _unknown(key, path, list(node.keys))
+        if OmegaConf.is_interpolation(cfg, key) or OmegaConf.is_missing(cfg, key):
+            continue  # checked where it points to; a missing value is reported by the command that needs it
+        check_value(cfg[key], spec, full, open_)
+
+
+def check_value(value: Any, spec: Kind | Node | ByTarget, full: str, open_: bool = False) -> None:
+    """Check one value against its declaration; raise the one-line ConfigError naming ``full``."""
+    if isinstance(spec, (Node, ByTarget)):
+        if value is None and spec.null:
+            return
+        if not isinstance(value, DictConfig):
+            raise ConfigError(f"{full}={_show(_plain(value))} must be a group of settings (KEY: VALUE); set its keys as {full}.KEY=VALUE")
+        _check_node(value, spec.pick(value) if isinstance(spec, ByTarget) else spec, full, open_)
+        return
+    if isinstance(value, DictConfig) and isinstance(spec, Either):
+        nodes = [kind for kind in spec.kinds if isinstance(kind, Node)]
+        if nodes:  # an object's node (a Lightning strategy or profiler with its _target_)
+            _check_node(value, nodes[0], full, open_)
+            return
+    plain = {"...": "..."} if isinstance(value, DictConfig) else _plain(value)
+    problem = spec.problem(plain)
+    if problem is not None:
+        raise ConfigError(f"{full}={_show(plain)} {problem}; set e.g. {full}={spec.example()}")
+
+
+def check_config(cfg: DictConfig, schema: Node) -> None:
+    """Check every key of a composed config against ``schema`` (see the module docstring)."""
+    _check_node(cfg, schema, "", False)
+
+
+def leaves(schema: Node | ByTarget, path: str = "") -> dict[str, Kind]:
+    """Every declared leaf by its dotted key (``ByTarget`` nodes as ``path.<class name>.key``), for the tests."""
+    found: dict[str, Kind] = {}
+    nodes = schema.nodes.items() if isinstance(schema, ByTarget) else [("", schema)]
+    for tag, node in nodes:
+        base = f"{path}.<{tag}>" if tag else path
+        for key, spec in list(node.keys.items()) + ([("*", node.each)] if node.each is not None else []):
+            full = f"{base}.{key}" if base else key
+            if isinstance(spec, (Node, ByTarget)):
+                found.update(leaves(spec, full))
+            else:
+                found[full] = spec
+    return found
