@@ -58,8 +58,8 @@ def _user_error(err: BaseException) -> str | None:
 def check_settings(cfg, command: str) -> None:
     """Every key of ``command``'s composed config against its declared type and range
     (``diffusion.tools.config_schema``), before any work starts; a bad one raises the one-line ConfigError."""
+    from diffusion.tools.config_check import check_config
     from diffusion.tools.config_schema import SCHEMAS
-    from diffusion.tools.config_types import check_config
 
     check_config(cfg, SCHEMAS[command])
 

@@ -144,12 +144,16 @@ def _strategies() -> tuple[str, ...]:
     return ("auto", *StrategyRegistry.available_strategies())
 
 
+PROFILER = Node(
+    {"_target_": Str(), "dirpath": OPTIONAL_PATH, "filename": Str(null=True), "extended": Bool()},
+    closed_for=("lightning.pytorch.profilers.",),
+)
 BATCHES = Either((Int(min=0), Float(low=0, high=1)))  # a count of batches, or a share of the epoch
 TRAINER = Node(
     {
         "_target_": Str(), "default_root_dir": PATH,
         "accelerator": Choice(("auto", "cpu", "gpu", "cuda", "mps", "tpu")),
-        "strategy": Either((Choice(_strategies), Node())),  # a name, or a strategy object's node with its _target_
+        "strategy": Either((Choice(_strategies), Node({"_target_": Str()}))),  # a name, or a strategy object's node with its _target_
         "devices": Either((Int(min=1, also=(-1,)), Choice(("auto",)), ListOf(Int(min=0), min_length=1))),
         "num_nodes": Int(min=1),
         "precision": Choice(("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true",
@@ -168,7 +172,7 @@ TRAINER = Node(
         "enable_checkpointing": Bool(null=True), "enable_progress_bar": Bool(null=True),
         "enable_model_summary": Bool(null=True), "sync_batchnorm": Bool(),
         "reload_dataloaders_every_n_epochs": Int(min=0), "enable_autolog_hparams": Bool(),
-        "profiler": Either((Choice(("simple", "advanced", "pytorch", "xla")), Node()), null=True),
+        "profiler": Either((Choice(("simple", "advanced", "pytorch", "xla")), PROFILER), null=True),
         "plugins": Anything(), "model_registry": Str(null=True),
     },
     closed_for=("lightning.pytorch.Trainer", "lightning.Trainer", "pytorch_lightning.Trainer"),

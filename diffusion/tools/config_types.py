@@ -1,8 +1,8 @@
-"""The kinds of value a config key may hold (type, range, choices) and the one pass that checks a composed config.
+"""The kinds of value a config key may hold (type, range, choices), and the groups (nodes) that hold them.
 
 Every user-facing key of the Hydra configs is declared once in ``diffusion.tools.config_schema`` as one of these
-kinds; ``check_config`` walks the composed config before any work starts (no data generated, no model built, no
-run directory touched) and raises ``ConfigError("<key>=<value> must be <kind>; set e.g. <key>=<example>")``,
+kinds; ``diffusion.tools.config_check`` walks the composed config before any work starts (no data generated, no
+model built, no run directory touched) and raises ``ConfigError("<key>=<value> must be <kind>; set e.g. <key>=<example>")``,
 which the entry points print as one ``error:`` line with exit status 2 (``diffusion.tools.cli``).
 
 Why a declared table checked at start-up rather than Hydra structured configs (dataclasses in the ConfigStore
@@ -26,15 +26,12 @@ the schema rather than from a hand-written list.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
-
-from diffusion.core.errors import ConfigError
+from omegaconf import DictConfig, OmegaConf
 
 
 def _is_int(value: Any) -> bool:
@@ -43,15 +40,6 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _show(value: Any) -> str:
-    """A value as the message quotes it: strings in quotes (so '32' and 32 differ), null as null."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return repr(value) if isinstance(value, str) else str(value)
 
 
 class Kind:
@@ -341,74 +329,4 @@ class ByTarget:
         return self.nodes.get(str(target), OPEN)
 
 
-OPEN = Node()
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, ListConfig):
-        try:
-            return OmegaConf.to_container(value, resolve=True)
-        except Exception:  # noqa: BLE001 - an interpolation only the run can resolve: its target is checked there
-            return None
-    return value
-
-
-def _unknown(key: str, path: str, known: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
-    hint = f"did you mean {path + '.' if path else ''}{close[0]}?" if close else f"known: {', '.join(sorted(known))}"
-    return ConfigError(f"{path + '.' if path else ''}{key} is not a setting of {path or 'this command'}; {hint} (check the spelling)")
-
-
-def _check_node(cfg: DictConfig, node: Node, path: str, open_: bool) -> None:
-    open_ = open_ or not node.closed(cfg)
-    for key in cfg.keys():
-        key = str(key)
-        full = f"{path}.{key}" if path else key
-        spec = node.keys.get(key, node.each)
-        if spec is None:
-            if open_:
-                continue
-            raise _unknown(key, path, list(node.keys))
-        if OmegaConf.is_interpolation(cfg, key) or OmegaConf.is_missing(cfg, key):
-            continue  # checked where it points to; a missing value is reported by the command that needs it
-        check_value(cfg[key], spec, full, open_)
-
-
-def check_value(value: Any, spec: Kind | Node | ByTarget, full: str, open_: bool = False) -> None:
-    """Check one value against its declaration; raise the one-line ConfigError naming ``full``."""
-    if isinstance(spec, (Node, ByTarget)):
-        if value is None and spec.null:
-            return
-        if not isinstance(value, DictConfig):
-            raise ConfigError(f"{full}={_show(_plain(value))} must be a group of settings (KEY: VALUE); set its keys as {full}.KEY=VALUE")
-        _check_node(value, spec.pick(value) if isinstance(spec, ByTarget) else spec, full, open_)
-        return
-    if isinstance(value, DictConfig) and isinstance(spec, Either):
-        nodes = [kind for kind in spec.kinds if isinstance(kind, Node)]
-        if nodes:  # an object's node (a Lightning strategy or profiler with its _target_)
-            _check_node(value, nodes[0], full, open_)
-            return
-    plain = {"...": "..."} if isinstance(value, DictConfig) else _plain(value)
-    problem = spec.problem(plain)
-    if problem is not None:
-        raise ConfigError(f"{full}={_show(plain)} {problem}; set e.g. {full}={spec.example()}")
-
-
-def check_config(cfg: DictConfig, schema: Node) -> None:
-    """Check every key of a composed config against ``schema`` (see the module docstring)."""
-    _check_node(cfg, schema, "", False)
-
-
-def leaves(schema: Node | ByTarget, path: str = "") -> dict[str, Kind]:
-    """Every declared leaf by its dotted key (``ByTarget`` nodes as ``path.<class name>.key``), for the tests."""
-    found: dict[str, Kind] = {}
-    nodes = schema.nodes.items() if isinstance(schema, ByTarget) else [("", schema)]
-    for tag, node in nodes:
-        base = f"{path}.<{tag}>" if tag else path
-        for key, spec in list(node.keys.items()) + ([("*", node.each)] if node.each is not None else []):
-            full = f"{base}.{key}" if base else key
-            if isinstance(spec, (Node, ByTarget)):
-                found.update(leaves(spec, full))
-            else:
-                found[full] = spec
-    return found
+OPEN = Node({"_target_": Str()})  # a user's class: its own keys pass
