@@ -13,10 +13,10 @@ from functools import cache
 
 import pytest
 from conftest import CONF_DIR, compose_config, describe, run_script
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from diffusion.core.errors import ConfigError
-from diffusion.tools.config_check import check_config, sites
+from diffusion.tools.config_check import check_config, plain, sites
 from diffusion.tools.config_schema import SAMPLE, SCHEMAS, TRAIN
 from diffusion.tools.config_types import Kind
 
@@ -45,16 +45,28 @@ def configs() -> list[tuple[str, tuple[str, ...], DictConfig]]:
     return [(command, overrides, compose_config(command, overrides)) for command, overrides in runs]
 
 
-def cases() -> list[tuple[str, str, Kind, DictConfig]]:
-    """(command, key, kind, a config holding or able to hold the key): each key once per command."""
-    seen: dict[tuple[str, str], tuple[str, str, Kind, DictConfig]] = {}
+def cases() -> list[tuple[str, str, Kind, dict]]:
+    """(command, key, kind, a plain config holding or able to hold the key): each key once per command."""
+    seen: dict[tuple[str, str], tuple[str, str, Kind, dict]] = {}
     for command, _, cfg in configs():
-        for key, kind in sites(cfg, SCHEMAS[command]):
-            seen.setdefault((command, key), (command, key, kind, cfg))
+        data = plain(cfg)
+        for key, kind in sites(data, SCHEMAS[command]):
+            seen.setdefault((command, key), (command, key, kind, data))
     return list(seen.values())
 
 
-def check(cfg: DictConfig, command: str) -> str | None:
+def with_value(data: dict, key: str, value) -> dict:
+    """A copy of a plain config with ``key`` (dotted) set, as ``key=value`` or ``+key=value`` would."""
+    data = copy.deepcopy(data)
+    *parents, last = key.split(".")
+    node = data
+    for name in parents:
+        node = node[name]
+    node[last] = value
+    return data
+
+
+def check(cfg, command: str) -> str | None:
     try:
         check_config(cfg, SCHEMAS[command])
     except ConfigError as err:
@@ -72,19 +84,15 @@ def test_every_key_of_the_composed_configs_is_declared():
     class) without its entry in diffusion/tools/config_schema.py fails here."""
     for command, overrides, cfg in configs():
         check_config(cfg, SCHEMAS[command], strict=True)
-    cfg = copy.deepcopy(configs()[0][2])
-    OmegaConf.update(cfg, "data.brand_new_key", 3, force_add=True)
     with pytest.raises(ConfigError, match=r"data\.brand_new_key is not a setting of data"):
-        check_config(cfg, TRAIN, strict=True)
+        check_config(with_value(plain(configs()[0][2]), "data.brand_new_key", 3), TRAIN, strict=True)
 
 
 def test_every_bad_value_the_schema_names_is_refused_in_one_line_naming_the_key():
     refused = 0
     for command, key, kind, cfg in cases():
         for value in kind.bad_values():
-            bad = copy.deepcopy(cfg)
-            OmegaConf.update(bad, key, value, merge=False, force_add=True)
-            message = check(bad, command)
+            message = check(with_value(cfg, key, value), command)
             assert message is not None, f"{command}: {key}={value!r} was accepted ({kind})"
             assert message.startswith(f"{key}=") and "must" in message and "\n" not in message, message
             refused += 1

@@ -31,8 +31,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -40,6 +38,12 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_reference(value: Any) -> bool:
+    """An interpolation (``${seed}``, ``${paths.output_dir}/x``) or a missing value (``???``) of a config read
+    without resolving: checked where it points to, or reported by the command that needs it."""
+    return isinstance(value, str) and ("${" in value or value == "???")
 
 
 class Kind:
@@ -308,13 +312,13 @@ class Node:
     null: bool = False
     always_closed: bool = False  # a plain group of settings (training, validation): no owner decides
 
-    def closed(self, cfg: DictConfig) -> bool:
+    def closed(self, cfg: Mapping[str, Any]) -> bool:
         if self.always_closed:
             return True
-        if self.owner not in cfg or OmegaConf.is_interpolation(cfg, self.owner):
+        name = cfg.get(self.owner)
+        if name is None or is_reference(name):
             return False
-        name = str(cfg[self.owner])
-        return any(name == c or (c.endswith(".") and name.startswith(c)) for c in self.closed_for)
+        return any(str(name) == c or (c.endswith(".") and str(name).startswith(c)) for c in self.closed_for)
 
 
 @dataclass(frozen=True)
@@ -324,9 +328,9 @@ class ByTarget:
     nodes: Mapping[str, Node] = field(default_factory=dict)
     null: bool = True
 
-    def pick(self, cfg: DictConfig) -> Node:
-        target = cfg.get("_target_") if not OmegaConf.is_interpolation(cfg, "_target_") else None
-        return self.nodes.get(str(target), OPEN)
+    def pick(self, cfg: Mapping[str, Any]) -> Node:
+        target = cfg.get("_target_")
+        return OPEN if target is None or is_reference(target) else self.nodes.get(str(target), OPEN)
 
 
 OPEN = Node({"_target_": Str()})  # a user's class: its own keys pass
