@@ -8,6 +8,7 @@ from every option of every group, and checked in-process; a few go through the e
 from __future__ import annotations
 
 import copy
+import importlib
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
@@ -123,7 +124,6 @@ def _first_bad(node, key: str):
 END_TO_END = [
     ("train.py", "trainer.max_steps", _first_bad(TRAIN.keys["trainer"], "max_steps")),  # a negative: -7
     ("train.py", "trainer.precision", _first_bad(TRAIN.keys["trainer"], "precision")),  # an unknown name
-    ("train.py", "training.compile", _first_bad(TRAIN.keys["training"], "compile")),  # a string for a flag
     ("sample.py", "n", _first_bad(SAMPLE, "n")),  # a string for a number
 ]
 
@@ -145,3 +145,14 @@ def test_bad_values_end_as_one_error_line_and_exit_2_through_the_entry_points(tm
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith(f"error: {key}="), describe(proc)
         assert not (tmp_path / key / "checkpoints").exists() and not (tmp_path / key / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("tool", ["collapse", "posthoc_ema", "sampler_fid"])
+def test_argparse_tools_refuse_integers_out_of_range_with_exit_2(tool, capsys):
+    parser = importlib.import_module(f"diffusion.tools.{tool}").build_parser()
+    for bad in ("0", "-3", "abc"):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args(["x", "--n", bad])
+        assert info.value.code == 2
+        assert "argument --n:" in capsys.readouterr().err.splitlines()[-1]
+    assert parser.parse_args(["x", "--n", "64"]).n == 64

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import sys
@@ -53,6 +54,22 @@ def _user_error(err: BaseException) -> str | None:
             return f"{key}: {first}" if key and str(key) not in first else first
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def integer_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type=`` for the argparse tools: an integer >= ``low``; argparse reports anything else as
+    ``error: argument --n: ...`` with its usage line and exit status 2."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a whole number >= {low}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be an integer >= {low}")
+        return value
+
+    return parse
 
 
 def check_settings(cfg, command: str) -> None:
