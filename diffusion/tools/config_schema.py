@@ -72,7 +72,7 @@ SIGMA = POSITIVE
 SCHEDULE = Node(
     {
         "_target_": Str(), "input_scale": POSITIVE,
-        "T": Int(min=1), "beta_start": Float(low=0, high=1, low_open=True, high_open=True),
+        "T": Int(min=1, hint="500"), "beta_start": Float(low=0, high=1, low_open=True, high_open=True),
         "beta_end": Float(low=0, high=1, low_open=True, high_open=True),
         "s": Float(low=0, high=1, high_open=True), "sigma_min": SIGMA, "sigma_max": SIGMA,
         "start": Float(), "end": Float(), "tau": POSITIVE, "P_mean": Float(), "P_std": POSITIVE, "rho": POSITIVE,
@@ -108,7 +108,7 @@ SAMPLER = Node(
 )
 OPTIMIZER = Node(
     {
-        "_target_": Str(), "_partial_": Bool(), "lr": POSITIVE, "weight_decay": NON_NEGATIVE,
+        "_target_": Str(), "_partial_": Bool(), "lr": Float(low=0, low_open=True, hint="1e-3"), "weight_decay": NON_NEGATIVE,
         "betas": ListOf(Float(low=0, high=1, high_open=True), length=2), "eps": POSITIVE, "amsgrad": Bool(),
     },
     closed_for=("torch.optim.Adam", "torch.optim.AdamW"),
@@ -159,7 +159,7 @@ TRAINER = Node(
         "precision": Choice(("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true",
                              "32", "16", "bf16", "64", "transformer-engine", "transformer-engine-float16")),
         "max_epochs": Int(min=1, also=(-1,), null=True), "min_epochs": Int(min=0, null=True),
-        "max_steps": Int(min=1, also=(-1,)), "min_steps": Int(min=0, null=True), "max_time": Str(null=True),
+        "max_steps": Int(min=1, also=(-1,), hint="1780"), "min_steps": Int(min=0, null=True), "max_time": Str(null=True),
         "fast_dev_run": Either((Bool(), Int(min=0))),
         "limit_train_batches": Either((BATCHES,), null=True), "limit_val_batches": Either((BATCHES,), null=True),
         "limit_test_batches": Either((BATCHES,), null=True), "limit_predict_batches": Either((BATCHES,), null=True),

@@ -84,6 +84,7 @@ class Int(Kind):
     max: int | None = None
     also: tuple[int, ...] = ()
     null: bool = False
+    hint: str | None = None  # the example the message gives, where the range's end is a poor one
 
     def accepts(self, value: Any) -> bool:
         if not _is_int(value):
@@ -105,7 +106,7 @@ class Int(Kind):
         return self._or_null(text)
 
     def example(self) -> str:
-        return str(self.min if self.min is not None else (self.max if self.max is not None else 0))
+        return self.hint or str(self.min if self.min is not None else (self.max if self.max is not None else 0))
 
     def bad_values(self) -> list[Any]:
         bad: list[Any] = ["abc", 1.5, True, [1]]
@@ -126,6 +127,7 @@ class Float(Kind):
     high_open: bool = False
     null: bool = False
     infinite: bool = False  # +inf accepted (a sampler's s_tmax)
+    hint: str | None = None
 
     def accepts(self, value: Any) -> bool:
         if not _is_number(value) or math.isnan(value) or (math.isinf(value) and not (self.infinite and value > 0)):
@@ -146,6 +148,8 @@ class Float(Kind):
         return self._or_null(text)
 
     def example(self) -> str:
+        if self.hint:
+            return self.hint
         if self.low is not None and self.high is not None:
             return f"{(self.low + self.high) / 2:g}"
         return f"{(self.low or 0) + (1 if self.low_open or self.low is None else 0):g}"
@@ -213,7 +217,8 @@ class Choice(Kind):
         return (isinstance(value, str) or _is_number(value)) and str(value) in self.options()
 
     def describe(self) -> str:
-        return self._or_null(f"one of {', '.join(self.options())}")
+        names = self.options()
+        return self._or_null(names[0] if len(names) == 1 else f"one of {', '.join(names)}")
 
     def example(self) -> str:
         return self.options()[0]
