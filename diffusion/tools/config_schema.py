@@ -27,6 +27,7 @@ from diffusion.tools.config_types import (
     Int,
     ListOf,
     Node,
+    Pattern,
     Str,
 )
 from diffusion.training.callbacks import LABEL_MIXES
@@ -40,7 +41,7 @@ POSITIVE = Float(low=0, low_open=True)
 NON_NEGATIVE = Float(low=0)
 SHARE = Float(low=0, high=1)  # of trainer.max_steps; 0 turns the event off
 EVERY = Int(min=0, null=True)  # a fixed interval in steps (0: never); null: the share decides
-DEVICE = Choice(("auto", "cpu", "cuda"))
+DEVICE = Pattern(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, cuda, cuda:N or mps", "auto")
 FEATURES = Choice(FEATURE_CHOICES)
 
 # -- the data ---------------------------------------------------------------------------------------------------
@@ -148,18 +149,20 @@ PROFILER = Node(
     {"_target_": Str(), "dirpath": OPTIONAL_PATH, "filename": Str(null=True), "extended": Bool()},
     closed_for=("lightning.pytorch.profilers.",),
 )
+MAX_TIME = Node({unit: Int(min=0) for unit in ("weeks", "days", "hours", "minutes", "seconds")}, always_closed=True)
 BATCHES = Either((Int(min=0), Float(low=0, high=1)))  # a count of batches, or a share of the epoch
 TRAINER = Node(
     {
         "_target_": Str(), "default_root_dir": PATH,
         "accelerator": Choice(("auto", "cpu", "gpu", "cuda", "mps", "tpu")),
         "strategy": Either((Choice(_strategies), Node({"_target_": Str()}))),  # a name, or a strategy object's node with its _target_
-        "devices": Either((Int(min=1, also=(-1,)), Choice(("auto",)), ListOf(Int(min=0), min_length=1))),
+        "devices": Either((Int(min=1, also=(-1,)), Choice(("auto",)), ListOf(Int(min=0), min_length=1),
+                           Pattern(r"-1|\d+(\s*,\s*\d+)*,?", "device indices as text (\"0,1\")", "0,1"))),
         "num_nodes": Int(min=1),
         "precision": Choice(("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true",
                              "32", "16", "bf16", "64", "transformer-engine", "transformer-engine-float16")),
         "max_epochs": Int(min=1, also=(-1,), null=True), "min_epochs": Int(min=0, null=True),
-        "max_steps": Int(min=1, also=(-1,), hint="1780"), "min_steps": Int(min=0, null=True), "max_time": Str(null=True),
+        "max_steps": Int(min=1, also=(-1,), hint="1780"), "min_steps": Int(min=0, null=True), "max_time": Either((Pattern(r"\d+:\d\d:\d\d:\d\d", "DD:HH:MM:SS", "00:12:00:00"), MAX_TIME), null=True),
         "fast_dev_run": Either((Bool(), Int(min=0))),
         "limit_train_batches": Either((BATCHES,), null=True), "limit_val_batches": Either((BATCHES,), null=True),
         "limit_test_batches": Either((BATCHES,), null=True), "limit_predict_batches": Either((BATCHES,), null=True),

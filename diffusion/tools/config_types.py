@@ -27,6 +27,7 @@ the schema rather than from a hand-written list.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -228,6 +229,28 @@ class Choice(Kind):
 
 
 @dataclass(frozen=True)
+class Pattern(Kind):
+    """Text of a given form (``cuda:1``, Lightning's ``devices="0,1"``, ``max_time="00:12:00:00"``)."""
+
+    regex: str = ""
+    text: str = ""  # what the form is, for the message
+    sample: str = ""  # one value of the form, the message's example
+    null: bool = False
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, str) and re.fullmatch(self.regex, value) is not None
+
+    def describe(self) -> str:
+        return self._or_null(self.text)
+
+    def example(self) -> str:
+        return self.sample
+
+    def bad_values(self) -> list[Any]:
+        return ["nope", True, 3.5, ["a"]] + self._null_bad()
+
+
+@dataclass(frozen=True)
 class ListOf(Kind):
     """A list whose every item is ``item``; ``length``: exactly so many items."""
 
@@ -274,7 +297,7 @@ class Either(Kind):
         return any(kind.accepts(value) for kind in self._leaves())
 
     def describe(self) -> str:
-        texts = [kind.describe() if isinstance(kind, Kind) else "a group with its _target_" for kind in self.kinds]
+        texts = [kind.describe() if isinstance(kind, Kind) else "a group of settings" for kind in self.kinds]
         return self._or_null(" or ".join(texts))
 
     def example(self) -> str:
