@@ -156,3 +156,25 @@ def test_argparse_tools_refuse_integers_out_of_range_with_exit_2(tool, capsys):
         assert info.value.code == 2
         assert "argument --n:" in capsys.readouterr().err.splitlines()[-1]
     assert parser.parse_args(["x", "--n", "64"]).n == 64
+
+
+def test_an_omegaconf_validation_error_is_one_line_naming_its_key(capsys):
+    """OmegaConf's own messages are several lines (message, full_key, object_type): one line, key first."""
+    from dataclasses import dataclass
+
+    from omegaconf import OmegaConf
+
+    from diffusion.tools.cli import reports_user_errors
+
+    @dataclass
+    class Settings:
+        steps: int = 10
+
+    def assign() -> None:
+        OmegaConf.structured(Settings).steps = "abc"
+
+    with pytest.raises(SystemExit) as info:
+        reports_user_errors(assign)()
+    lines = capsys.readouterr().err.splitlines()
+    assert info.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: steps: ") and "'abc'" in lines[0], lines
