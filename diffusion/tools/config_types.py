@@ -67,7 +67,7 @@ class Kind:
 
     def problem(self, value: Any) -> str | None:
         if value is None:
-            return None if self.null else "must not be null"
+            return None if self.null else f"must be {self.describe()}, not null"
         return None if self.accepts(value) else f"must be {self.describe()}"
 
     def _or_null(self, text: str) -> str:
