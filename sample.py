@@ -10,12 +10,13 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from diffusion.tools.cli import reports_user_errors, run_hydra_main
+from diffusion.tools.cli import check_settings, reports_user_errors, run_hydra_main
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
 @reports_user_errors
 def main(cfg: DictConfig) -> None:
+    check_settings(cfg, "sample")  # every key's type and range, before any work
     from diffusion.tools.sample import sample_to_folder
 
     sample_to_folder(cfg)

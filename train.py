@@ -12,12 +12,13 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from diffusion.tools.cli import reports_user_errors, run_hydra_main
+from diffusion.tools.cli import check_settings, reports_user_errors, run_hydra_main
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @reports_user_errors
 def main(cfg: DictConfig) -> float:
+    check_settings(cfg, "train")  # every key's type and range, before any work
     from diffusion.tools.train import train  # imported here so `--help` stays fast
 
     return train(cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import sys
@@ -47,9 +48,37 @@ def _user_error(err: BaseException) -> str | None:
         if isinstance(seen, MissingMandatoryValue):
             return f"missing required setting {getattr(seen, 'full_key', '') or seen}; pass it on the command line as KEY=VALUE"
         if isinstance(seen, OmegaConfBaseException):
-            return str(seen).splitlines()[0]
+            # OmegaConf's message is several lines (the message, then full_key and object_type): keep the first,
+            # naming the key where the first line does not
+            first, key = (str(seen).splitlines() or [type(seen).__name__])[0], getattr(seen, "full_key", None)
+            return f"{key}: {first}" if key and str(key) not in first else first
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def integer_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type=`` for the argparse tools: an integer >= ``low``; argparse reports anything else as
+    ``error: argument --n: ...`` with its usage line and exit status 2."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a whole number >= {low}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be an integer >= {low}")
+        return value
+
+    return parse
+
+
+def check_settings(cfg, command: str) -> None:
+    """Every key of ``command``'s composed config against its declared type and range
+    (``diffusion.tools.config_schema``), before any work starts; a bad one raises the one-line ConfigError."""
+    from diffusion.tools.config_check import check_config
+    from diffusion.tools.config_schema import SCHEMAS
+
+    check_config(cfg, SCHEMAS[command])
 
 
 def reports_user_errors(fn: Callable) -> Callable:

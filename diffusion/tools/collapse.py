@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from diffusion.core.sampling import Sampler
 from diffusion.data import images
-from diffusion.tools.cli import reports_user_errors
+from diffusion.tools.cli import integer_at_least, reports_user_errors
 from diffusion.training.builders import module_from_checkpoint
 from diffusion.training.callbacks import class_cycle
 from diffusion.training.checkpoints import load_checkpoint
@@ -72,8 +72,8 @@ def run(args: argparse.Namespace) -> list[dict]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpts", nargs="+", type=Path, help="checkpoints or .safetensors exports from train.py")
-    parser.add_argument("--n", type=int, default=64, help="samples per checkpoint and way")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n", type=integer_at_least(1), default=64, help="samples per checkpoint and way")
+    parser.add_argument("--seed", type=integer_at_least(0), default=0)
     parser.add_argument("--out", type=Path, default=Path("collapse.png"))
     return parser
 

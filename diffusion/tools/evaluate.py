@@ -147,11 +147,12 @@ def main() -> None:
     import hydra
     from omegaconf import DictConfig
 
-    from diffusion.tools.cli import reports_user_errors, run_hydra_main
+    from diffusion.tools.cli import check_settings, reports_user_errors, run_hydra_main
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
     @reports_user_errors
     def run(cfg: DictConfig) -> None:
+        check_settings(cfg, "evaluate")
         evaluate(cfg)
 
     run_hydra_main(run)

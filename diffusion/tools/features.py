@@ -12,7 +12,7 @@ def main() -> None:
     import hydra
     from omegaconf import DictConfig
 
-    from diffusion.tools.cli import reports_user_errors
+    from diffusion.tools.cli import check_settings, reports_user_errors, run_hydra_main
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="features")
     @reports_user_errors
@@ -20,6 +20,7 @@ def main() -> None:
         from hydra.utils import instantiate
         from omegaconf import OmegaConf
 
+        check_settings(cfg, "features")
         datamodule = instantiate(cfg.data)
         datamodule.prepare_data()
         start = time.perf_counter()
@@ -35,7 +36,7 @@ def main() -> None:
         )
         print(f"use it with: metrics.feature_weights={info['path']}")
 
-    run()
+    run_hydra_main(run)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from diffusion.core.samplers.common import steps_for_nfe
-from diffusion.tools.cli import reports_user_errors
+from diffusion.tools.cli import integer_at_least, reports_user_errors
 from diffusion.tools.sampler_fid import fid_labels, reference_quality, sample_images, sampler_for
 from diffusion.training.builders import module_from_checkpoint, sampler_from_conf, sampler_names
 from diffusion.training.checkpoints import export_safetensors, load_checkpoint
@@ -99,16 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("run_dir", help="a train.py run directory trained with callbacks=[default,posthoc_ema]")
     parser.add_argument("--sigma-rel", nargs="+", type=sigma_rel_arg, default=[0.05, 0.10, 0.15],
                         help="EMA widths to rebuild, relative to the training length (the paper's range: 0.01 .. 0.25)")
-    parser.add_argument("--step", type=int, help="rebuild the averages as they were at this optimizer step (default: the last snapshot's)")
+    parser.add_argument("--step", type=integer_at_least(0), help="rebuild the averages as they were at this optimizer step (default: the last snapshot's)")
     parser.add_argument("--out", help="where to write sigma_rel_S.safetensors (default: RUN_DIR/ema/posthoc)")
     parser.add_argument("--fid", action="store_true", help="also measure FID and KID of each reconstruction")
     parser.add_argument("--sampler", default="dpmpp_2m", choices=sampler_names(), help="sampler for --fid")
-    parser.add_argument("--nfe", type=int, default=20, help="model evaluations per sample for --fid")
+    parser.add_argument("--nfe", type=integer_at_least(1), default=20, help="model evaluations per sample for --fid")
     parser.add_argument("--precision", default="32", choices=["32", "bf16", "auto"], help="the network in float32 or under bf16 autocast")
-    parser.add_argument("--n", type=int, default=1000, help="samples per figure")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--kid-subsets", type=int, default=100)
+    parser.add_argument("--n", type=integer_at_least(2), default=1000, help="samples per figure")
+    parser.add_argument("--seed", type=integer_at_least(0), default=0)
+    parser.add_argument("--batch-size", type=integer_at_least(1), default=500)
+    parser.add_argument("--kid-subsets", type=integer_at_least(1), default=100)
     parser.add_argument("--json", help="also write the rows here")
     return parser
 

@@ -20,6 +20,7 @@ import torch
 from diffusion.core.exact import DETERMINISTIC, Harness, make_dataset, nearest_distance, pairwise_rms, rms
 from diffusion.core.samplers import all_samplers
 from diffusion.core.schedules import LinearSchedule
+from diffusion.tools.cli import integer_at_least
 
 
 def load_images(path: str) -> torch.Tensor:
@@ -92,17 +93,17 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 50])
-    parser.add_argument("--n", type=int, default=64, help="samples per run")
+    parser.add_argument("--steps", type=integer_at_least(1), nargs="+", default=[5, 10, 20, 50])
+    parser.add_argument("--n", type=integer_at_least(1), default=64, help="samples per run")
     parser.add_argument("--data", help=".npz of images; default: a fixed set of sprite-like random images")
-    parser.add_argument("--n-data", type=int, default=256, help="size of the generated image set")
-    parser.add_argument("--size", type=int, default=16, help="side of the generated images")
+    parser.add_argument("--n-data", type=integer_at_least(2), default=256, help="size of the generated image set")
+    parser.add_argument("--size", type=integer_at_least(1), default=16, help="side of the generated images")
     parser.add_argument("--samplers", nargs="+", default=list(all_samplers()), choices=list(all_samplers()))
     parser.add_argument("--spacing", choices=["karras", "linear"], default="karras",
                         help="Karras levels in [0.002, 80], or the DDPM LinearSchedule(T=1000) levels")
-    parser.add_argument("--reference-steps", type=int, default=500, help="Heun steps of the reference ODE solution")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--reference-steps", type=integer_at_least(1), default=500, help="Heun steps of the reference ODE solution")
+    parser.add_argument("--seed", type=integer_at_least(0), default=0)
+    parser.add_argument("--threads", type=integer_at_least(1), default=1,
                         help="torch threads; the matrices are small, and extra threads only contend on a busy machine")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -28,7 +28,7 @@ from diffusion.core.errors import ConfigError
 from diffusion.core.samplers.common import model_evaluations, steps_for_nfe
 from diffusion.core.sampling import Sampler
 from diffusion.evaluation.metrics import ImageQuality, build_feature_net
-from diffusion.tools.cli import reports_user_errors
+from diffusion.tools.cli import integer_at_least, reports_user_errors
 from diffusion.training.builders import module_from_checkpoint, sampler_from_conf, sampler_names
 from diffusion.training.callbacks import LABEL_MIXES, sample_labels
 from diffusion.training.checkpoints import load_checkpoint
@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpt", help="a checkpoint or .safetensors export from train.py")
     parser.add_argument("--samplers", nargs="*", default=sampler_names(), choices=sampler_names())
-    parser.add_argument("--nfe", nargs="*", type=int, default=[5, 10, 20, 50], help="model evaluations per sample")
+    parser.add_argument("--nfe", nargs="*", type=integer_at_least(1), default=[5, 10, 20, 50], help="model evaluations per sample")
     parser.add_argument("--full-ddpm", action="store_true", help="also DDPM over all of the schedule's T steps")
     parser.add_argument("--collapse", action="store_true", help="also DDPM over all T steps with add_noise=false")
     parser.add_argument("--floor", action="store_true", help="also FID of n training images (the floor)")
@@ -183,12 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="noise levels of the fast samplers; auto: DDPM/DDIM the schedule's, the others Karras rho=7")
     parser.add_argument("--precision", default="32", choices=["32", "bf16", "auto"],
                         help="the network in float32 (the tables in BENCHMARKS.md) or under bf16 autocast")
-    parser.add_argument("--n", type=int, default=1000, help="samples per figure")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n", type=integer_at_least(2), default=1000, help="samples per figure")
+    parser.add_argument("--seed", type=integer_at_least(0), default=0)
     parser.add_argument("--labels", default="data", choices=LABEL_MIXES,
                         help="the samples' class labels: the validation split's class mix (as in training's FID) or uniform")
-    parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--kid-subsets", type=int, default=100)
+    parser.add_argument("--batch-size", type=integer_at_least(1), default=500)
+    parser.add_argument("--kid-subsets", type=integer_at_least(1), default=100)
     parser.add_argument("--json", help="also write the rows here")
     return parser
 

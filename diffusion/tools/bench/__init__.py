@@ -88,6 +88,7 @@ from diffusion.tools.bench.measure import PeakMemory, Plan, compose_config, fres
 from diffusion.tools.bench.operators import convolution_bound, forward_flops_per_image
 from diffusion.tools.bench.report import format_report, sampling_rows, training_ratios, training_rows
 from diffusion.tools.bench.sampling import FAST_SAMPLERS, compare_sampling, sampling_precisions  # noqa: F401
+from diffusion.tools.cli import integer_at_least
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -97,8 +98,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", default="small", help="a conf/model config: small, course or large")
-    parser.add_argument("--batch", type=int, default=100, help="training batch size")
-    parser.add_argument("--steps", type=int, default=20,
+    parser.add_argument("--batch", type=integer_at_least(1), default=100, help="training batch size")
+    parser.add_argument("--steps", type=integer_at_least(1), default=20,
                         help="fast samplers' model evaluations (NFE); the full run also does half")
     parser.add_argument("--precision", choices=["32", "bf16", "auto"], default="auto",
                         help="ours and raw: fp32, bf16 autocast, or bf16 where the hardware has fast bf16")
@@ -107,9 +108,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile the U-Net of ours and raw")
     parser.add_argument("--quick", action="store_true",
                         help="fewer turns, shorter chunks, fast samplers at --steps only, naive without workers")
-    parser.add_argument("--sample-batch", type=int, default=None,
+    parser.add_argument("--sample-batch", type=integer_at_least(1), default=None,
                         help="images per sampling run (default 256 on CUDA, 32 on CPU, 16 on CPU with --quick)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--threads", type=integer_at_least(1), default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", type=Path, help="also write the JSON result here")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config, e.g. model.base_channels=48")
     return parser.parse_args(argv)
