@@ -32,7 +32,9 @@ from diffusion.tools.config_types import (
 )
 from diffusion.training.callbacks import LABEL_MIXES
 from diffusion.training.module import LR_SCHEDULES
+from diffusion.training.posthoc_ema import SIGMA_REL_MAX
 from diffusion.training.precision import CALLBACK_PRECISIONS, SAMPLING_PRECISIONS
+from diffusion.training.progress_log import STYLES as PROGRESS_STYLES
 
 SEED = Int(min=0, max=2**32 - 1)
 PATH = Str()
@@ -92,6 +94,7 @@ SAMPLER_OPTIONS = Node(
         "s_tmax": Float(low=0, infinite=True), "order": Int(min=1, max=4), "corrector": Bool(),
         "add_noise": Bool(), "variance": Choice(("posterior", "beta")),
         "restart_min": POSITIVE, "restart_max": POSITIVE, "restart_times": Int(min=0), "restart_steps": Int(min=1),
+        "lower_order_final": Bool(),
     },
     null=True,
     always_closed=True,
@@ -195,6 +198,9 @@ _FID = {
     "features": FEATURES, "feature_weights": OPTIONAL_PATH, "inception_weights": OPTIONAL_PATH, "cache_dir": OPTIONAL_PATH,
     "train_settings": Anything(), "kid_subsets": Int(min=1), "kid_subset_size": Int(min=2), "suffix": Str(),
 }
+# Lightning's EMAWeightAveraging keys, shared by the framework's two EMAs.
+_AVERAGING = {"device": Str(null=True), "use_buffers": Bool(), "update_every_n_steps": Int(min=1),
+              "update_starting_at_step": Int(min=0, null=True), "update_starting_at_epoch": Int(min=0, null=True)}
 CALLBACK = ByTarget(
     {
         "diffusion.training.callbacks.StepCheckpoint": Node({**_CHECKPOINT, **_CADENCE}, closed_for=("diffusion.",)),
@@ -206,9 +212,11 @@ CALLBACK = ByTarget(
             closed_for=("diffusion.",),
         ),
         "diffusion.training.ema.EMA": Node(
-            {"_target_": Str(), "decay": Float(low=0, high=1, low_open=True, high_open=True), "warmup": Bool(),
-             "device": Str(null=True), "use_buffers": Bool(), "update_every_n_steps": Int(min=1),
-             "update_starting_at_step": Int(min=0, null=True), "update_starting_at_epoch": Int(min=0, null=True)},
+            {"_target_": Str(), "decay": Float(low=0, high=1, low_open=True, high_open=True), "warmup": Bool(), **_AVERAGING},
+            closed_for=("diffusion.",),
+        ),
+        "diffusion.training.ema.PowerEMA": Node(
+            {"_target_": Str(), "sigma_rel": Float(low=0, high=SIGMA_REL_MAX, low_open=True, high_open=True), **_AVERAGING},
             closed_for=("diffusion.",),
         ),
         "diffusion.training.ema.PostHocEMA": Node(
@@ -217,6 +225,10 @@ CALLBACK = ByTarget(
             closed_for=("diffusion.",),
         ),
         "diffusion.training.preemption.SaveOnSigterm": Node({"_target_": Str()}, closed_for=("diffusion.",)),
+        "diffusion.training.preemption.RequeueAtStepEnd": Node({"_target_": Str()}, closed_for=("diffusion.",)),
+        "diffusion.training.progress_log.progress_bar": Node(
+            {"_target_": Str(), "style": Choice(PROGRESS_STYLES), "every_fraction": SHARE, "every_s": NON_NEGATIVE},
+            closed_for=("diffusion.",)),
         "diffusion.training.callbacks.StepProgressBar": Node(
             {"_target_": Str(), "refresh_rate": Int(min=1), "leave": Bool()}, closed_for=("diffusion.",)),
         "lightning.pytorch.callbacks.LearningRateMonitor": Node(
