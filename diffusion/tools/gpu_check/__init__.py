@@ -130,6 +130,19 @@ def check_ema(records: list[dict], report: Report) -> None:
     tensors_equal("ema", found, f"the {len(records)} ranks end with the same EMA weights (torch.equal, every tensor)", report)
 
 
+def batch_order(whole: list[dict], resumed: list[dict]) -> str:
+    """Whether the resumed run trained on the uninterrupted run's batches, step by step, on every rank."""
+    parted = []
+    for rank, (a, b) in enumerate(zip(whole, resumed)):
+        theirs = dict(a["batches"])
+        steps = [step for step, digest in b["batches"] if theirs.get(step) != digest]
+        if steps:
+            parted.append(f"rank {rank} from step {steps[0]} ({len(steps)} of {len(b['batches'])} steps)")
+    if not parted:
+        return "the resumed run trained on the uninterrupted run's batches at every step"
+    return "the resumed run trained on other batches than the uninterrupted run: " + ", ".join(parted)
+
+
 def check_speed(plan: runs.Plan, whole_dir: Path, records: list[dict], accelerator: str, report: Report) -> None:
     from diffusion.training.builders import module_from_checkpoint
     from diffusion.training.checkpoints import load_checkpoint
@@ -200,10 +213,11 @@ def run_checks(args: argparse.Namespace, plan: runs.Plan, out: Path, report: Rep
             report.check("repeat", False, str(err))
     if "resume" in args.checks:
         try:
-            step = runs.run_killed_and_resumed(plan, out / "resumed", args.timeout)
+            resumed = runs.rank_records(runs.run_killed_and_resumed(plan, out / "resumed", args.timeout), plan.processes)
             found = compare.resume_differences(whole, runs.final_checkpoint(out / "resumed", plan.steps))
-            tensors_equal("resume", found, f"killed (SIGKILL) after the checkpoint at step {step}, resumed with ckpt_path=auto: "
-                          "EMA and raw weights, optimizer and LR states equal the uninterrupted run's", report)
+            tensors_equal("resume", found, f"killed (SIGKILL) after the checkpoint at step {plan.checkpoint_every}, resumed "
+                          "with ckpt_path=auto: EMA and raw weights, optimizer and LR states equal the uninterrupted run's", report)
+            report.info(f"resume: {batch_order(records, resumed)}")
         except runs.Failed as err:
             report.check("resume", False, str(err))
     if "fid" in args.checks:

@@ -51,6 +51,7 @@ def callback_figure(run_dir: Path, devices: int, accelerator: str, num_samples: 
         accelerator=accelerator, devices=devices, strategy="ddp" if devices > 1 else "auto",
         precision=cfg.trainer.precision, callbacks=[callback], logger=False, enable_progress_bar=False,
         enable_model_summary=False, use_distributed_sampler=False, limit_val_batches=1,
+        max_steps=1,  # unused by validate; the callback's cadence asks for a run length
     )
     trainer.validate(module, datamodule=datamodule, verbose=False)
     return {**callback.history[-1], "world_size": trainer.world_size} if trainer.is_global_zero else None

@@ -105,9 +105,9 @@ def run_whole(plan: Plan, run_dir: Path, timeout: float) -> Path:
     return probe
 
 
-def run_killed_and_resumed(plan: Plan, run_dir: Path, timeout: float) -> int:
+def run_killed_and_resumed(plan: Plan, run_dir: Path, timeout: float) -> Path:
     """The run paused at the start of the step after its checkpoint at ``checkpoint_every`` (every rank), killed
-    with SIGKILL, then the same command with ``ckpt_path=auto`` to the end. Returns the step it resumed from."""
+    with SIGKILL, then the same command with ``ckpt_path=auto`` to the end. Returns the resumed run's probe folder."""
     log, probe = run_dir.with_suffix(".log"), run_dir.with_name(run_dir.name + "-killed-ranks")
     step = plan.checkpoint_every
     proc = _launch(plan, run_dir, probe, log, [f"+callbacks.gpu_probe.pause_at_step={step}"])
@@ -128,8 +128,9 @@ def run_killed_and_resumed(plan: Plan, run_dir: Path, timeout: float) -> int:
     resumed_from = int(load_checkpoint(last)["global_step"])
     if resumed_from != step:
         raise Failed(f"{last} holds step {resumed_from}, not the checkpoint at step {step}")
-    _wait(_launch(plan, run_dir, run_dir.with_name(run_dir.name + "-resumed-ranks"), log, ["ckpt_path=auto"]), log, timeout)
-    return resumed_from
+    probe = run_dir.with_name(run_dir.name + "-resumed-ranks")
+    _wait(_launch(plan, run_dir, probe, log, ["ckpt_path=auto"]), log, timeout)
+    return probe
 
 
 def final_checkpoint(run_dir: Path, steps: int) -> dict:
