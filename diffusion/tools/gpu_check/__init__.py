@@ -54,7 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m diffusion.tools.gpu_check", description=__doc__.split("\n\n")[0],
         epilog="Checks: repeat (two runs, same bits), ema (ranks agree), resume (SIGKILL + ckpt_path=auto, same bits), "
-        "fid (N processes = one process on the same images). Exit status 0 only if every check passed.",
+        "fid (N processes = one process on the same images). Exit status 0 only if every check passed. "
+        "CUDA_VISIBLE_DEVICES= (empty) runs the CPU variant on a GPU machine.",
     )
     parser.add_argument("--steps", type=int, default=40, help="trainer.max_steps of every run (default 40)")
     parser.add_argument("--processes", type=int, help="DDP processes (default: every visible GPU; 2 on a CPU-only machine)")
@@ -239,6 +240,8 @@ def main(argv: list[str] | None = None) -> None:
     print(first_line, flush=True)
     print(f"     {plan.steps} steps at batch {plan.batch_size} a process, checkpoint every {plan.checkpoint_every} steps"
           f"{', training.compile=true' if plan.compile else ''}; runs in {out}", flush=True)
+    if plan.processes == 1:
+        print("     one process: the ema and fid checks have no second rank to compare with", flush=True)
     report = Report()
     run_checks(args, plan, out, report)
     passed = all(report.results.values())
