@@ -1,0 +1,3 @@
+from diffusion.tools.gpu_check import main
+
+main()
