@@ -172,6 +172,7 @@ def runs(tmp_path_factory):
 def test_a_run_killed_after_checkpoints_mid_epoch_and_at_an_epoch_end_ends_as_the_whole_run(runs):
     run_dir, logs = runs["killed"]
     assert "Restoring states from the checkpoint path" in logs[1] and "not exact" not in "".join(logs)
+    assert "Please add the following callbacks" not in "".join(logs)  # every callback found its state again
     assert_same_run(runs["whole"][0], run_dir)
 
 

@@ -143,6 +143,13 @@ class StepCheckpoint(ModelCheckpoint):
         super().__init__(*args, every_n_train_steps=0 if self.cadence.off else 1, every_n_epochs=0, **kwargs)
         self._after_validation = False  # a save due at this step waits for the step's validation
 
+    @property
+    def state_key(self) -> str:
+        # Named by the configured cadence, not by the interval resolved when training starts (Lightning's key): a
+        # resumed run looks its state up before that, and would not find it under the resolved interval.
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode, every_n_steps=self.cadence.every_n_steps,
+                                        fraction=self.cadence.fraction)
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         if not self.cadence.off:
