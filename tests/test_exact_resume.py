@@ -188,36 +188,6 @@ def test_a_bf16_mixed_run_killed_and_resumed_ends_as_the_whole_run(runs):
     assert_same_run(runs["whole_bf16"][0], runs["killed_bf16"][0])
 
 
-def test_the_batch_order_goes_on_where_the_checkpointed_sampler_stood():
-    from diffusion.data.datamodule import ShardedBatches
-
-    whole = ShardedBatches(100, 8, shuffle=True, seed=3)
-    whole.set_epoch(2)
-    expected = list(whole)
-    first = ShardedBatches(100, 8, shuffle=True, seed=3)
-    first.set_epoch(2)
-    taken = iter(first)
-    for _ in range(5):  # training takes five batches; the loader fetched them and no more
-        next(taken)
-        first.consume()
-    resumed = ShardedBatches(100, 8, shuffle=True, seed=3)
-    resumed.load_state_dict(first.state_dict())
-    resumed.set_epoch(2)
-    rest = list(resumed)
-    assert len(rest) == len(expected) - 5 and all(torch.equal(a, b) for a, b in zip(rest, expected[5:]))
-    resumed.set_epoch(3)  # the next epoch starts at its beginning
-    assert len(list(resumed)) == len(expected)
-
-
-def test_a_sampler_state_from_other_data_says_the_resume_is_not_exact(capsys):
-    from diffusion.data.datamodule import ShardedBatches
-
-    before = ShardedBatches(100, 8, shuffle=True, seed=3)
-    ShardedBatches(120, 8, shuffle=True, seed=3).load_state_dict(before.state_dict())
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("warning: this resume is not exact") and "n 100 -> 120" in err[0]
-
-
 def test_a_checkpoint_from_before_exact_resumption_resumes_with_one_warning(runs, tmp_path):
     import shutil
 
