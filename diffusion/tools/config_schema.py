@@ -42,6 +42,8 @@ OPTIONAL_PATH = Str(null=True)
 POSITIVE = Float(low=0, low_open=True)
 NON_NEGATIVE = Float(low=0)
 SHARE = Float(low=0, high=1)  # of trainer.max_steps; 0 turns the event off
+# A cadence's share of the run; null leaves the decision to every_n_steps (or, for validation, to Lightning)
+CADENCE_SHARE = Float(low=0, high=1, null=True)
 EVERY = Int(min=0, null=True)  # a fixed interval in steps (0: never); null: the share decides
 DEVICE = Pattern(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, cuda, cuda:N or mps", "auto")
 FEATURES = Choice(FEATURE_CHOICES)
@@ -185,7 +187,7 @@ TRAINER = Node(
 )
 
 # -- callbacks, by class (the names in conf/callbacks/ are free) ---------------------------------------------------------
-_CADENCE = {"fraction": SHARE, "every_n_steps": EVERY}
+_CADENCE = {"fraction": CADENCE_SHARE, "every_n_steps": EVERY}
 _CHECKPOINT = {
     "_target_": Str(), "dirpath": PATH, "filename": Str(), "auto_insert_metric_name": Bool(), "save_last": Bool(null=True),
     "save_top_k": Int(min=-1), "enable_version_counter": Bool(), "monitor": Str(null=True), "mode": Choice(("min", "max")),
