@@ -291,17 +291,17 @@ def test_a_lightning_auto_requeued_job_resumes_from_its_hpc_checkpoint(tmp_path)
     """Lightning's path: SIGUSR1 -> hpc_ckpt_1.ckpt (newer than last.ckpt), SLURM kills the job, then reruns it."""
     data_dir = write_sprites(tmp_path / "data", n=240)
     run_dir = tmp_path / "run"
-    proc, control = launch(tmp_path, run_dir, data_dir, SLURM_ENV, fault="train_step:8")
+    proc, control = launch(tmp_path, run_dir, data_dir, SLURM_ENV, fault="train_step:7")
     wait_paused(proc, control)
-    proc.send_signal(signal.SIGUSR1)  # noted now, acted on when the step under way is done: the hpc checkpoint at step 9
+    proc.send_signal(signal.SIGUSR1)  # noted now, acted on when the step under way is done: the hpc checkpoint at step 8
+    (control / "go").touch()
     deadline = time.monotonic() + 120
-    while not (run_dir / "hpc_ckpt_1.ckpt").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)  # Lightning saves through a temporary file: the name appears when the bytes are complete
-    proc.kill()  # SLURM ends the requeued job
+    while not (run_dir / "hpc_ckpt_1.ckpt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.kill()  # SLURM ends the requeued job (Lightning writes through a temporary file: the name means complete)
     finish(proc)
     hpc = torch.load(run_dir / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)
-    assert hpc["global_step"] == 9  # a whole step (training.preemption.RequeueAtStepEnd), not wherever the signal landed
+    assert hpc["global_step"] == 8  # a whole step (training.preemption.RequeueAtStepEnd), not wherever the signal landed
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 6  # the interval checkpoint is older: the hpc one must be chosen
     code, out = requeued(tmp_path, run_dir, data_dir)
