@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from diffusion.core.errors import ConfigError
+from diffusion.core.labels import class_cycle, class_mix, sample_labels
 from diffusion.data.datamodule import SpriteDataModule
 from diffusion.evaluation.fid_callback import FIDCallback
 from diffusion.tools.sample import parse_labels
-from diffusion.training.callbacks import class_cycle, class_mix, sample_labels
 
 COUNTS = [120, 50, 20, 10]  # an imbalanced toy label set: shares 0.6, 0.25, 0.1, 0.05
 

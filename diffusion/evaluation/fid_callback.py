@@ -13,10 +13,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from diffusion.core.errors import ConfigError
+from diffusion.core.labels import LABEL_MIXES, sample_labels
 from diffusion.core.sampling import Sampler
 from diffusion.evaluation.metrics import ImageQuality, build_feature_net, check_feature_choice, describe, shard
 from diffusion.training.cadence import Cadence
-from diffusion.training.callbacks import LABEL_MIXES, sample_labels
 from diffusion.training.module import DiffusionModule
 from diffusion.training.precision import callback_bf16
 

@@ -25,12 +25,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from diffusion.core.errors import ConfigError
+from diffusion.core.labels import LABEL_MIXES, sample_labels
 from diffusion.core.samplers.common import model_evaluations, steps_for_nfe
 from diffusion.core.sampling import Sampler
 from diffusion.evaluation.metrics import ImageQuality, build_feature_net
 from diffusion.tools.cli import reports_user_errors
 from diffusion.training.builders import module_from_checkpoint, sampler_from_conf, sampler_names
-from diffusion.training.callbacks import LABEL_MIXES, sample_labels
 from diffusion.training.checkpoints import load_checkpoint
 from diffusion.training.precision import sampling_in_bf16
 
