@@ -18,7 +18,8 @@ from diffusion.core.denoiser import Denoiser
 from diffusion.core.objectives import EDMPreconditioning, EpsPrediction
 from diffusion.core.samplers.consistency import sample_consistency
 from diffusion.core.schedules import EDMSchedule, LinearSchedule
-from diffusion.training.builders import build_module, initialize_from, sampler_from_conf
+from diffusion.training.builders import build_module, sampler_from_conf
+from diffusion.training.checkpoints import initialize_from
 
 SD = 0.5
 

@@ -3,7 +3,7 @@
 - A network defined outside ``diffusion/`` trains and samples when named in config; loading its checkpoint
   needs the user's explicit ``trust=[pkg]``, as a stranger's checkpoint must not name arbitrary code.
 - A checkpoint written before the split into layers (``diffusion.unet.UNet``, samplers by ``name``, no
-  ``module`` node) still loads, through ``training.builders.MOVED`` and ``upgrade_config``.
+  ``module`` node) still loads, through ``training.checkpoints.MOVED`` and ``upgrade_config``.
 - A sampler needs one function and one config file: no table to edit.
 """
 
@@ -19,7 +19,8 @@ from conftest import TINY_MODEL, compose_config, describe, raises_config_error, 
 from omegaconf import OmegaConf
 
 from diffusion.core.sampling import Sampler, resolve_function
-from diffusion.training.builders import build_module, module_from_checkpoint, sampler_from_conf, sampler_names
+from diffusion.training.builders import build_module, sampler_from_conf, sampler_names
+from diffusion.training.checkpoints import module_from_checkpoint
 
 USER_NET = textwrap.dedent(
     '''

@@ -185,7 +185,8 @@ def test_sample_label_data_follows_the_stored_training_counts():
 def test_checkpoints_carry_the_class_counts_and_old_ones_still_load(tmp_path):
     from conftest import TINY_MODEL, compose_config
 
-    from diffusion.training.builders import build_module, module_from_checkpoint
+    from diffusion.training.builders import build_module
+    from diffusion.training.checkpoints import module_from_checkpoint
 
     cfg = compose_config("train", TINY_MODEL + [f"paths.output_dir={tmp_path}"])
     module = build_module(cfg, 4, 16, ["a", "b", "c", "d"], COUNTS)
@@ -203,8 +204,7 @@ def test_a_training_run_stores_its_counts_and_records_the_mix(tiny_run):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from diffusion.training.builders import module_from_checkpoint
-    from diffusion.training.checkpoints import load_checkpoint
+    from diffusion.training.checkpoints import load_checkpoint, module_from_checkpoint
 
     info = load_checkpoint(tiny_run.ckpt)["diffusion"]
     data = instantiate(OmegaConf.create(info["config"]).data)

@@ -5,7 +5,7 @@ Two ways a checkpoint can carry code, both tried here against every command that
   refuses it (a grep-like test checks every ``torch.load`` and ``trainer.fit`` in the code asks for that);
 - a tampered stored config: the checkpoint keeps the run's config for ``sample.py`` to rebuild the model, and
   Hydra's ``instantiate`` would call any ``_target_`` it names (``os.system``...), weights_only or not, .ckpt
-  or .safetensors metadata alike -- ``builders.module_from_checkpoint`` builds only the framework's classes.
+  or .safetensors metadata alike -- ``checkpoints.module_from_checkpoint`` builds only the framework's classes.
 Each payload touches its own marker file, which must not appear. ``test_the_payload_is_live`` shows that the
 payload does run when loaded without those guards.
 

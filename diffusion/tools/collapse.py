@@ -23,8 +23,7 @@ from diffusion.core.labels import class_cycle
 from diffusion.core.sampling import Sampler
 from diffusion.data import images
 from diffusion.tools.cli import reports_user_errors
-from diffusion.training.builders import module_from_checkpoint
-from diffusion.training.checkpoints import load_checkpoint
+from diffusion.training.checkpoints import load_checkpoint, module_from_checkpoint
 
 
 def spread(x: torch.Tensor) -> float:

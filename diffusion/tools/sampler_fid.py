@@ -30,8 +30,8 @@ from diffusion.core.samplers.common import model_evaluations, steps_for_nfe
 from diffusion.core.sampling import Sampler
 from diffusion.evaluation.metrics import ImageQuality, build_feature_net
 from diffusion.tools.cli import reports_user_errors
-from diffusion.training.builders import module_from_checkpoint, sampler_from_conf, sampler_names
-from diffusion.training.checkpoints import load_checkpoint
+from diffusion.training.builders import sampler_from_conf, sampler_names
+from diffusion.training.checkpoints import load_checkpoint, module_from_checkpoint
 from diffusion.training.precision import sampling_in_bf16
 
 

@@ -20,12 +20,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from diffusion.core.labels import class_cycle
 from diffusion.data import images
 from diffusion.training import tracking
-from diffusion.training.builders import apply_speed_options, build_module, initialize_from
+from diffusion.training.builders import apply_speed_options, build_module
 from diffusion.training.cadence import apply_validation_cadence
 from diffusion.training.checkpoints import (
     check_compatible,
     check_run_dir,
     export_safetensors,
+    initialize_from,
     load_checkpoint,
     resolve_ckpt_path,
 )

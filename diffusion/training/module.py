@@ -150,7 +150,7 @@ class DiffusionModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def checkpoint_info(self) -> dict[str, Any]:
-        """What ``builders.module_from_checkpoint`` needs besides the weights, and the training data's class counts
+        """What ``checkpoints.module_from_checkpoint`` needs besides the weights, and the training data's class counts
         (``sample.py label=data``; checkpoints from before them load without)."""
         info = {"config": self.config, "class_names": self.class_names, "image_size": self.image_size}
         if self.class_counts is not None:
