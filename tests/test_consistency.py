@@ -1,4 +1,4 @@
-"""Easy Consistency Tuning (diffusion/core/consistency.py), the consistency sampler and ``init_from``.
+"""Easy Consistency Tuning (diffusion/core/consistency_tuning.py), the consistency sampler and ``init_from``.
 
 The closed form used throughout: for a one-point data set {y}, every probability-flow ODE trajectory ends at y,
 so the exact consistency function is f(x, t) = y for every x and t > 0 (and f(x, 0) = x).
@@ -13,7 +13,7 @@ import torch
 from conftest import TINY_MODEL, compose_config, describe, raises_config_error, run_script, write_sprites
 from torch import nn
 
-from diffusion.core.consistency import ConsistencyTuning, ect_r, pseudo_huber
+from diffusion.core.consistency_tuning import ConsistencyTuning, ect_r, pseudo_huber
 from diffusion.core.denoiser import Denoiser
 from diffusion.core.objectives import EDMPreconditioning, EpsPrediction
 from diffusion.core.samplers.consistency import sample_consistency

@@ -152,17 +152,18 @@ def check_compatible(module: nn.Module, state_dict: dict[str, torch.Tensor], pat
 # modules. Loading with weights_only=True keeps pickles from running code, but Hydra's instantiate would call any
 # `_target_` (os.system, builtins.exec, ...) that a tampered config -- .ckpt or .safetensors metadata -- names.
 CHECKPOINT_MODULES = (
-    "diffusion.nets.", "diffusion.core.schedules", "diffusion.core.objectives", "diffusion.core.sampling", "diffusion.core.consistency",
+    "diffusion.nets.", "diffusion.core.schedules", "diffusion.core.objectives", "diffusion.core.sampling", "diffusion.core.consistency_tuning",
     "diffusion.core.samplers.", "diffusion.training.module", "torch.optim",
 )
 BUILT_FROM_CONFIG = ("module", "model", "schedule", "objective", "optimizer", "sampler")
-# Where the classes of older checkpoints moved (the package was split into layers): old prefix -> new prefix.
+# Where the classes of older checkpoints moved (the split into layers; one file name per module): old prefix -> new.
 MOVED = {
     "diffusion.unet.": "diffusion.nets.unet.",
     "diffusion.schedules.": "diffusion.core.schedules.",
     "diffusion.objectives.": "diffusion.core.objectives.",
     "diffusion.sampling.": "diffusion.core.sampling.",
     "diffusion.module.": "diffusion.training.module.",
+    "diffusion.core.consistency.": "diffusion.core.consistency_tuning.",
 }
 
 

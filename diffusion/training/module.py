@@ -35,7 +35,7 @@ class DiffusionModule(L.LightningModule):
             training stops with an error; the weights, and so every checkpoint, stay finite.
         method: a training method other than denoising, a callable ``method(denoiser, x0, labels, step, generator)``
             returning per-sample losses, with a ``check(denoiser)`` that refuses parts it cannot train (e.g.
-            ``core.consistency.ConsistencyTuning``); None trains the denoiser (``Denoiser.loss``).
+            ``core.consistency_tuning.ConsistencyTuning``); None trains the denoiser (``Denoiser.loss``).
         class_names: names of the context classes, kept in the checkpoint for ``sample.py label=NAME``.
         config: the resolved run config, stored in checkpoints so they can be rebuilt without it.
     """
