@@ -152,8 +152,8 @@ def check_compatible(module: nn.Module, state_dict: dict[str, torch.Tensor], pat
 # modules. Loading with weights_only=True keeps pickles from running code, but Hydra's instantiate would call any
 # `_target_` (os.system, builtins.exec, ...) that a tampered config -- .ckpt or .safetensors metadata -- names.
 CHECKPOINT_MODULES = (
-    "diffusion.nets.", "diffusion.core.schedules", "diffusion.core.objectives", "diffusion.core.sampling", "diffusion.core.consistency_tuning",
-    "diffusion.core.samplers.", "diffusion.training.module", "torch.optim",
+    "diffusion.nets.", "diffusion.core.schedules", "diffusion.core.objectives", "diffusion.core.sampling",
+    "diffusion.core.denoising_loss", "diffusion.core.consistency_tuning", "diffusion.core.samplers.", "diffusion.training.module", "torch.optim",
 )
 BUILT_FROM_CONFIG = ("module", "model", "schedule", "objective", "optimizer", "sampler")
 # Where the classes of older checkpoints moved (the split into layers; one file name per module): old prefix -> new.

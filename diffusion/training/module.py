@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from diffusion.core.denoiser import Denoiser
+from diffusion.core.denoising_loss import DenoisingLoss
 from diffusion.core.errors import ConfigError, TrainingDiverged
 from diffusion.core.objectives import Objective
 from diffusion.core.sampling import Sampler, generate
@@ -33,9 +34,10 @@ class DiffusionModule(L.LightningModule):
             unconditional model that classifier-free guidance needs.
         max_nonfinite_steps: consecutive steps with a NaN/inf loss that are skipped (no update) before
             training stops with an error; the weights, and so every checkpoint, stay finite.
-        method: a training method other than denoising, a callable ``method(denoiser, x0, labels, step, generator)``
-            returning per-sample losses, with a ``check(denoiser)`` that refuses parts it cannot train (e.g.
-            ``core.consistency_tuning.ConsistencyTuning``); None trains the denoiser (``Denoiser.loss``).
+        method: the training method (``training.method``), a callable ``method(denoiser, x0, labels, step,
+            generator)`` returning per-sample losses, with a ``check(denoiser)`` that refuses parts it cannot train:
+            ``core.denoising_loss.DenoisingLoss`` (None, as checkpoints before issue 20 store it, means this one) or
+            ``core.consistency_tuning.ConsistencyTuning``.
         class_names: names of the context classes, kept in the checkpoint for ``sample.py label=NAME``.
         config: the resolved run config, stored in checkpoints so they can be rebuilt without it.
     """
@@ -61,9 +63,8 @@ class DiffusionModule(L.LightningModule):
         if not 0 <= label_dropout <= 1:
             raise ConfigError(f"label_dropout={label_dropout} must be in [0, 1]")
         self.denoiser = Denoiser(net, objective, schedule)
-        if method is not None:
-            method.check(self.denoiser)
-        self.method = method
+        self.method = method if method is not None else DenoisingLoss()
+        self.method.check(self.denoiser)
         self.optimizer_factory = optimizer
         self.sampler = sampler
         self.lr_warmup_steps, self.lr_schedule, self.label_dropout = lr_warmup_steps, lr_schedule, label_dropout
@@ -113,12 +114,8 @@ class DiffusionModule(L.LightningModule):
         return loss
 
     def loss(self, x0: Tensor, labels: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
-        """Per-sample training loss: the method's, or the denoiser's at the schedule's noise levels."""
-        if self.method is not None:
-            return self.method(self.denoiser, x0, labels, step=self.global_step, generator=generator)
-        sigma = self.schedule.sample_sigma(x0.shape[0], generator=generator).to(x0.device)
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device) if generator is not None else torch.randn_like(x0)
-        return self.denoiser.loss(x0, sigma, noise, labels)
+        """Per-sample training loss of the configured training method."""
+        return self.method(self.denoiser, x0, labels, step=self.global_step, generator=generator)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x0, labels = batch
