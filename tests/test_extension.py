@@ -29,11 +29,11 @@ USER_NET = textwrap.dedent(
 
 
     class TinyNet(nn.Module):
-        """A user's own network: one convolution, conditioned on the noise level and the label by a bias."""
+        """A user's own network: one convolution, conditioned on the noise level and the label by a bias. It keeps
+        neither num_classes nor image_size (the contract asks it to take them, not to keep them)."""
 
         def __init__(self, num_classes: int = 0, image_size: int = 16, width: int = 8):
             super().__init__()
-            self.num_classes, self.image_size = num_classes, image_size
             self.inp = nn.Conv2d(3, width, 3, padding=1)
             self.out = nn.Conv2d(width, 3, 3, padding=1)
             self.label = nn.Embedding(num_classes + 1, width)
@@ -45,6 +45,11 @@ USER_NET = textwrap.dedent(
             return self.out(torch.relu(h))
     '''
 )
+
+
+# Removes the U-Net's own options from `model` when it names another network.
+NOT_A_UNET = ["~model.base_channels", "~model.channel_mult", "~model.attn_resolutions", "~model.norm_groups",
+              "~model.num_res_blocks", "~model.dropout"]
 
 
 def tiny_module(overrides=()):
@@ -87,8 +92,7 @@ def test_a_checkpoint_naming_code_outside_the_framework_needs_trust(tmp_path, mo
     (tmp_path / "mypkg" / "__init__.py").write_text("")
     (tmp_path / "mypkg" / "net.py").write_text(USER_NET)
     monkeypatch.syspath_prepend(str(tmp_path))
-    module = tiny_module(["model._target_=mypkg.net.TinyNet", "~model.base_channels", "~model.channel_mult",
-                          "~model.attn_resolutions", "~model.norm_groups", "~model.num_res_blocks", "~model.dropout"])
+    module = tiny_module(["model._target_=mypkg.net.TinyNet", *NOT_A_UNET])
     assert type(module.denoiser.net).__name__ == "TinyNet"
     checkpoint = {"diffusion": module.checkpoint_info(), "state_dict": module.state_dict()}
 
@@ -99,6 +103,27 @@ def test_a_checkpoint_naming_code_outside_the_framework_needs_trust(tmp_path, mo
     evil = copy.deepcopy(checkpoint)
     evil["diffusion"]["config"]["schedule"]["_target_"] = "os.system"
     assert "os.system" in raises_config_error(module_from_checkpoint, evil, trust=["mypkg"])
+
+
+class NoLabels(torch.nn.Module):
+    def __init__(self, num_classes: int = 0, image_size: int = 16):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+
+    def forward(self, x, c_noise):
+        return self.conv(x)
+
+
+class Shrinks(NoLabels):
+    def forward(self, x, c_noise, labels=None):
+        return self.conv(x)[..., 1:, 1:]
+
+
+@pytest.mark.parametrize("net, rule", [(NoLabels, "net(x, c_noise, labels)"), (Shrinks, "returned shape (2, 3, 15, 15)")])
+def test_a_network_that_breaks_the_contract_is_refused_when_built(net, rule):
+    """Before any training step, in one line naming the rule (docs/architecture.md), not at the first checkpoint."""
+    message = raises_config_error(tiny_module, [f"model._target_={__name__}.{net.__name__}", *NOT_A_UNET])
+    assert rule in message and "docs/architecture.md" in message and "\n" not in message, message
 
 
 def test_a_sampler_is_one_function_and_one_config_file():
@@ -128,8 +153,7 @@ def test_a_user_network_trains_and_samples_by_config_alone(tmp_path):
     env = {"PYTHONPATH": str(tmp_path)}
     run_dir = tmp_path / "run"
     proc = run_script(
-        "train.py", "model=small", "model._target_=mypkg.net.TinyNet", "~model.base_channels", "~model.channel_mult",
-        "~model.attn_resolutions", "~model.norm_groups", "~model.num_res_blocks", "~model.dropout", "+model.width=4",
+        "train.py", "model=small", "model._target_=mypkg.net.TinyNet", *NOT_A_UNET, "+model.width=4",
         "callbacks.fid.fraction=0", f"hydra.run.dir={run_dir}", "data.n=256", env=env,
     )
     assert proc.returncode == 0, describe(proc)

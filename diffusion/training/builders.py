@@ -68,7 +68,8 @@ def build_module(
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # plain data for the checkpoint
     check_optimizer(config["optimizer"])
     node = OmegaConf.create(config["module"])
-    module = instantiate(node, net={"num_classes": num_classes, "image_size": image_size}, class_names=list(class_names))
+    size = {"num_classes": num_classes, "image_size": image_size}
+    module = instantiate(node, net=size, **size, class_names=list(class_names))
     module.config = config
     module.class_counts = list(class_counts) if class_counts is not None else None
     return module

@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from diffusion.core.denoiser import Denoiser
+from diffusion.core.denoiser import Denoiser, per_sample
 from diffusion.core.denoising_loss import DenoisingLoss
 from diffusion.core.errors import ConfigError, TrainingDiverged
 from diffusion.core.objectives import Objective
@@ -18,6 +18,31 @@ from diffusion.core.sampling import Sampler, generate
 from diffusion.core.schedules import Schedule
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+NETWORK_CONTRACT = "a network is called as net(x, c_noise, labels) and returns a tensor of x's shape (docs/architecture.md)"
+
+
+def check_network(denoiser: Denoiser, num_classes: int, image_size: int) -> None:
+    """Refuse, in one line and before any training step, a network that breaks ``NETWORK_CONTRACT``: a dry forward
+    pass on two images, labelled with the first class and the null class (``num_classes``; None when unconditional).
+    It runs in eval mode, without gradients and with the CPU generator's state restored afterwards, so a run draws
+    the same random numbers with the check as without it."""
+    net = denoiser.net
+    x = torch.zeros(2, 3, image_size, image_size)
+    labels = torch.tensor([0, num_classes]) if num_classes else None
+    was_training = net.training
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            net.eval()
+            output = denoiser.raw(x, per_sample(torch.ones(()), x), labels)
+    except (TypeError, RuntimeError, IndexError, ValueError) as err:
+        detail = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"network {type(net).__name__} failed a dry run on {image_size}x{image_size} images with {num_classes} classes ({detail}); {NETWORK_CONTRACT}") from None
+    finally:
+        net.train(was_training)
+    if tuple(output.shape) != tuple(x.shape):
+        raise ConfigError(f"network {type(net).__name__} returned shape {tuple(output.shape)} for input {tuple(x.shape)}; {NETWORK_CONTRACT}")
 
 
 class DiffusionModule(L.LightningModule):
@@ -28,6 +53,8 @@ class DiffusionModule(L.LightningModule):
         schedule, objective: see ``schedules`` and ``objectives``.
         optimizer: a partial taking the parameters (``_partial_: true`` in the config).
         sampler: the default sampler for ``sample``.
+        num_classes, image_size: what the network was built for (the data decides them: ``builders.build_module``);
+            the network's contract is checked against them at construction (``check_network``).
         lr_warmup_steps: linear learning-rate warm-up from 0.
         lr_schedule: after warm-up, "constant", "linear" decay to 0 (the course) or "cosine".
         label_dropout: probability of replacing a label with the null class, which trains the
@@ -49,6 +76,8 @@ class DiffusionModule(L.LightningModule):
         objective: Objective,
         optimizer: Callable[..., torch.optim.Optimizer],
         sampler: Sampler,
+        num_classes: int,
+        image_size: int,
         lr_warmup_steps: int = 0,
         lr_schedule: str = "constant",
         label_dropout: float = 0.1,
@@ -63,6 +92,8 @@ class DiffusionModule(L.LightningModule):
         if not 0 <= label_dropout <= 1:
             raise ConfigError(f"label_dropout={label_dropout} must be in [0, 1]")
         self.denoiser = Denoiser(net, objective, schedule)
+        self.num_classes, self.image_size = int(num_classes), int(image_size)
+        check_network(self.denoiser, self.num_classes, self.image_size)
         self.method = method if method is not None else DenoisingLoss()
         self.method.check(self.denoiser)
         self.optimizer_factory = optimizer
@@ -77,14 +108,6 @@ class DiffusionModule(L.LightningModule):
     @property
     def schedule(self) -> Schedule:
         return self.denoiser.schedule
-
-    @property
-    def num_classes(self) -> int:
-        return getattr(self.denoiser.net, "num_classes", 0)
-
-    @property
-    def image_size(self) -> int:
-        return self.denoiser.net.image_size
 
     def _labels(self, labels: Tensor, drop: bool) -> Tensor | None:
         if self.num_classes == 0:
