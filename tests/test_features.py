@@ -119,12 +119,12 @@ def test_config_defaults_match_code_defaults():
 def test_features_cli(tmp_path, sprite_dir):
     cache = tmp_path / "cache"
     args = ["data=sprites", f"data.dir={sprite_dir}", f"metrics.cache_dir={cache}", "metrics.train.batch_size=32", "metrics.train.min_steps=10", f"out={tmp_path / 'w.safetensors'}"]
-    proc = subprocess.run([sys.executable, "-m", "diffusion.tools.features", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "diffusion.tools.train_features", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, describe(proc)
     assert "version:  sprite-cnn-v1-" in proc.stdout and "accuracy:" in proc.stdout
     assert (tmp_path / "w.safetensors").is_file() and len(list(cache.glob("sprite-cnn-v1-*.safetensors"))) == 1
     bad = subprocess.run(
-        [sys.executable, "-m", "diffusion.tools.features", "data=sprites", f"data.dir={sprite_dir}", "data.labels=null", f"metrics.cache_dir={cache}"],
+        [sys.executable, "-m", "diffusion.tools.train_features", "data=sprites", f"data.dir={sprite_dir}", "data.labels=null", f"metrics.cache_dir={cache}"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "metrics.feature_weights" in bad.stderr, describe(bad)

@@ -12,7 +12,7 @@ import torch
 
 from diffusion.core.errors import ConfigError
 from diffusion.training.ema import PostHocEMA
-from diffusion.training.posthoc_ema import (
+from diffusion.training.power_ema import (
     SIGMA_REL_MAX,
     gamma_to_sigma_rel,
     power_ema_update,

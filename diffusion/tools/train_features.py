@@ -1,4 +1,4 @@
-"""`python -m diffusion.tools.features data=...`: train (or find cached) sprite feature weights and say where they are."""
+"""`python -m diffusion.tools.train_features data=...`: train (or find cached) sprite feature weights and say where they are."""
 
 from __future__ import annotations
 

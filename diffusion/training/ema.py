@@ -44,7 +44,7 @@ class EMA(EMAWeightAveraging):
 
 class PostHocEMA(L.Callback):
     """Power-function EMAs of the weights, one per ``sigma_rel``, saved as snapshots for post-hoc EMA (Karras et
-    al. 2024, sec. 3; the math is in ``training.posthoc_ema``).
+    al. 2024, sec. 3; the math is in ``training.power_ema``).
 
     Every ``every_n_steps`` optimizer steps (default: the run's steps / ``num_snapshots``) and when training
     ends, each average is written to ``<dirpath>/step_XXXXXXXX-sigma_rel_S.safetensors`` with the checkpoint
@@ -55,7 +55,7 @@ class PostHocEMA(L.Callback):
 
     def __init__(self, dirpath: str, sigma_rels: tuple[float, ...] = (0.05, 0.10), num_snapshots: int = 16,
                  every_n_steps: int | None = None):
-        from diffusion.training.posthoc_ema import sigma_rel_to_gamma
+        from diffusion.training.power_ema import sigma_rel_to_gamma
 
         if not sigma_rels:
             raise ConfigError("callbacks.posthoc_ema.sigma_rels is empty; give two, e.g. [0.05, 0.10]")
@@ -83,7 +83,7 @@ class PostHocEMA(L.Callback):
             self.averages = [{k: v.to(pl_module.device) for k, v in avg.items()} for avg in self.averages]
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
-        from diffusion.training.posthoc_ema import power_ema_update
+        from diffusion.training.power_ema import power_ema_update
 
         if trainer.global_step == self.step:  # no optimizer step (gradient accumulation)
             return
@@ -104,7 +104,7 @@ class PostHocEMA(L.Callback):
 
     def _save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from diffusion.training.checkpoints import export_safetensors
-        from diffusion.training.posthoc_ema import snapshot_name
+        from diffusion.training.power_ema import snapshot_name
 
         self.saved_at = self.step
         if not trainer.is_global_zero:

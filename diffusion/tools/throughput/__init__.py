@@ -1,6 +1,6 @@
 """Throughput of this framework's training and sampling, side by side with a course-style pipeline.
 
-    python -m diffusion.tools.bench [--model small|course|large] [--batch 100] [--steps 20] [--precision 32|bf16|auto]
+    python -m diffusion.tools.throughput [--model small|course|large] [--batch 100] [--steps 20] [--precision 32|bf16|auto]
                               [--device auto|cpu|cuda] [--channels-last] [--compile] [--quick] [--json PATH]
                               [hydra overrides, e.g. model.base_channels=48]
 
@@ -82,17 +82,17 @@ from pathlib import Path
 import torch
 
 from diffusion.data.procedural import generate_sprites
-from diffusion.tools.bench.contenders import compare_training
-from diffusion.tools.bench.machine import OtherLoad, describe_machine, pick_device, pick_precision
-from diffusion.tools.bench.measure import PeakMemory, Plan, compose_config, fresh_module
-from diffusion.tools.bench.operators import convolution_bound, forward_flops_per_image
-from diffusion.tools.bench.report import format_report, sampling_rows, training_ratios, training_rows
-from diffusion.tools.bench.sampling import FAST_SAMPLERS, compare_sampling, sampling_precisions  # noqa: F401
+from diffusion.tools.throughput.contenders import compare_training
+from diffusion.tools.throughput.machine import OtherLoad, describe_machine, pick_device, pick_precision
+from diffusion.tools.throughput.measure import PeakMemory, Plan, compose_config, fresh_module
+from diffusion.tools.throughput.operators import convolution_bound, forward_flops_per_image
+from diffusion.tools.throughput.report import format_report, sampling_rows, training_ratios, training_rows
+from diffusion.tools.throughput.sampler_timing import FAST_SAMPLERS, compare_sampling, sampling_precisions  # noqa: F401
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m diffusion.tools.bench",  # not argv[0], which is bench/__main__.py
+        prog="python -m diffusion.tools.throughput",  # not argv[0], which is throughput/__main__.py
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

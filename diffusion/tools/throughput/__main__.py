@@ -1,5 +1,5 @@
-"""``python -m diffusion.tools.bench``."""
+"""``python -m diffusion.tools.throughput``."""
 
-from diffusion.tools.bench import main
+from diffusion.tools.throughput import main
 
 main()

@@ -20,7 +20,7 @@ from diffusion.core.denoising_loss import DenoisingLoss
 from diffusion.core.schedules import LinearSchedule
 from diffusion.data.datamodule import IndexedTensors, SpriteDataModule
 from diffusion.data.procedural import CLASSES
-from diffusion.tools.bench.measure import (
+from diffusion.tools.throughput.measure import (
     DDPM_LEVELS,
     LIGHTNING_PRECISION,
     WARMUP_STEPS,

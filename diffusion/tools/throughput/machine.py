@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion.tools.bench.measure import ROOT
+from diffusion.tools.throughput.measure import ROOT
 
 
 def cpu_flags_and_model() -> tuple[str, str]:
