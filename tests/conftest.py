@@ -52,7 +52,7 @@ TINY_TRAIN = TINY_MODEL + [
     "callbacks.sample_grid.sampler.steps=3",
     "final_samples.n=8",
     "callbacks.fid.num_samples=8",
-    "callbacks.fid.sampler.steps=2",
+    "callbacks.fid.samplers.default.steps=2",
     "callbacks.fid.kid_subsets=2",
     "metrics.train.min_steps=2",
 ]

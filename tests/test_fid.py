@@ -151,6 +151,20 @@ def test_two_processes_give_the_single_process_figure(tmp_path, sprites, weights
 # -- the callback in a tiny training run ------------------------------------------------------------
 
 
+def test_experiment_ect_adds_one_named_sampler_to_the_fid_callback():
+    """experiment=ect measures the consistency sampler at 1 step (val/fid, fid.json) and, as one more entry of the
+    callback's samplers, at 2 steps (val/fid_2step, fid_2step.json), as the cloned callback did at 44e540d."""
+    from hydra.utils import instantiate
+
+    fid = instantiate(compose_config("train", ["paths.output_dir=.", "experiment=ect"]).callbacks.fid)
+    assert list(fid.samplers) == ["default", "2step"]
+    assert repr(fid.samplers["default"]) == "Sampler(consistency, steps=1, spacing=karras, nfe=1)"
+    assert repr(fid.samplers["2step"]) == "Sampler(consistency, steps=2, spacing=karras, nfe=2)"
+    assert fid.samplers["2step"].sigma_min == 0.821 and fid.history_path("2step").name == "fid_2step.json"
+    plain = instantiate(compose_config("train", ["paths.output_dir=."]).callbacks.fid)
+    assert list(plain.samplers) == ["default"] and plain.sampler.fn.endswith("sample_dpmpp_2m_sde") and plain.sampler.steps == 10
+
+
 def test_callback_logs_fid_in_a_tiny_run(tmp_path):
     from lightning.pytorch.loggers import CSVLogger
 
@@ -164,7 +178,7 @@ def test_callback_logs_fid_in_a_tiny_run(tmp_path):
     module = build_module(cfg, data.num_classes, data.image_size, data.class_names)
     fid = FIDCallback(
         dirpath=str(tmp_path),
-        sampler=Sampler("dpmpp_2m", steps=2, spacing="karras"),
+        samplers={"fast": Sampler("euler", steps=1), "default": Sampler("dpmpp_2m", steps=2, spacing="karras")},
         num_samples=30,
         batch_size=16,
         cache_dir=str(tmp_path / "features"),
@@ -186,8 +200,11 @@ def test_callback_logs_fid_in_a_tiny_run(tmp_path):
     )
     trainer.fit(module, datamodule=data)
 
-    for key in ("val/fid", "val/kid_mean", "val/kid_std", "val/fid_seconds"):
+    # the default sampler under the plain names, another entry under its own
+    for key in ("val/fid", "val/kid_mean", "val/kid_std", "val/fid_seconds", "val/fid_fast", "val/kid_mean_fast", "val/fid_seconds_fast"):
         assert key in trainer.callback_metrics and math.isfinite(float(trainer.callback_metrics[key])), key
+    fast = json.loads((tmp_path / "fid_fast.json").read_text())["history"]
+    assert [h["sampler"] for h in fast] == ["Sampler(euler, steps=1, spacing=schedule, nfe=1)"] * 2
     record = json.loads((tmp_path / "fid.json").read_text())
     assert record["features"].startswith(f"{ARCH_VERSION}-") and len(record["history"]) == 2
     assert [h["epoch"] for h in record["history"]] == [0, 1]
