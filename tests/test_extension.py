@@ -18,6 +18,7 @@ import torch
 from conftest import TINY_MODEL, compose_config, describe, raises_config_error, run_script
 from omegaconf import OmegaConf
 
+from diffusion.core.samplers import all_samplers
 from diffusion.core.sampling import Sampler, resolve_function
 from diffusion.training.builders import build_module, sampler_from_conf, sampler_names
 from diffusion.training.checkpoints import module_from_checkpoint
@@ -129,6 +130,8 @@ def test_a_network_that_breaks_the_contract_is_refused_when_built(net, rule):
 def test_a_sampler_is_one_function_and_one_config_file():
     names = sampler_names()
     assert {"ddpm", "ddim", "euler", "heun", "dpmpp_2m"} <= set(names)
+    # one name per sampler: conf/sampler/<name>.yaml for every sample_<name> function of core/samplers/
+    assert set(names) == set(all_samplers())
     for name in names:  # every file of conf/sampler names a function that exists
         sampler = sampler_from_conf(name, steps=4)
         assert callable(sampler.function) and sampler.steps == 4

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from diffusion.core.errors import ConfigError
+from diffusion.data.images import quantize
 
 FEATURE_CHOICES = ("sprite", "inception")
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -35,10 +36,8 @@ INCEPTION_VERSION = "inception-v3-compat-2048"
 def to_uint8(x: Tensor) -> Tensor:
     """[-1, 1] images (N, 3, H, W) -> uint8 (N, 3, H, W) on the same device; uint8 input passes through.
 
-    The rounding is ``images.to_uint8``'s, so in-training figures match figures of saved samples."""
-    if x.dtype == torch.uint8:
-        return x
-    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    The rounding is ``images.quantize``, as for saved samples, so in-training figures match theirs."""
+    return x if x.dtype == torch.uint8 else quantize(x)
 
 
 def check_feature_choice(features: str) -> str:

@@ -83,11 +83,12 @@ import torch
 
 from diffusion.data.procedural import generate_sprites
 from diffusion.tools.throughput.contenders import compare_training
-from diffusion.tools.throughput.machine import OtherLoad, describe_machine, pick_device, pick_precision
+from diffusion.tools.throughput.machine import OtherLoad, describe_machine, pick_precision
 from diffusion.tools.throughput.measure import PeakMemory, Plan, compose_config, fresh_module
 from diffusion.tools.throughput.operators import convolution_bound, forward_flops_per_image
 from diffusion.tools.throughput.report import format_report, sampling_rows, training_ratios, training_rows
 from diffusion.tools.throughput.sampler_timing import FAST_SAMPLERS, compare_sampling, sampling_precisions  # noqa: F401
+from diffusion.training.precision import pick_device
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

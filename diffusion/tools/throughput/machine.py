@@ -23,12 +23,6 @@ def cpu_flags_and_model() -> tuple[str, str]:
     return info, names[0] if names else platform.machine()
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device("cuda", torch.cuda.current_device()) if name == "cuda" else torch.device("cpu")
-
-
 def pick_precision(name: str, device: torch.device) -> str:
     if name == "auto":
         from diffusion.training.precision import fast_bf16_available
