@@ -18,12 +18,19 @@ from torch import Tensor
 from diffusion.core.denoiser import Denoiser, per_sample
 
 
+def noise_like(x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Standard normal noise of x0's shape: drawn on the CPU from ``generator`` where one fixes it (validation,
+    the same noise on every device), else from the global RNG on x0's device."""
+    return torch.randn(x0.shape, generator=generator).to(x0.device) if generator is not None else torch.randn_like(x0)
+
+
 class DenoisingLoss:
     """EDM's denoising loss at noise levels drawn from the denoiser's schedule."""
 
     def check(self, denoiser: Denoiser) -> None:
         """Any objective and schedule can be trained to denoise: nothing to refuse."""
 
+    # The signature of every training method (docs/architecture.md), repeated by design in consistency_tuning.
     def __call__(
         self,
         denoiser: Denoiser,
@@ -35,7 +42,7 @@ class DenoisingLoss:
         """Per-sample loss of a batch x0 (``step`` is unused: the loss does not change over training);
         ``generator`` fixes sigma and the noise (validation)."""
         sigma = denoiser.schedule.sample_sigma(x0.shape[0], generator=generator).to(x0.device)
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device) if generator is not None else torch.randn_like(x0)
+        noise = noise_like(x0, generator)
         return self.at(denoiser, x0, sigma, noise, labels)
 
     @staticmethod
