@@ -62,6 +62,7 @@ def old_layout(config: dict) -> dict:
     """A stored config as checkpoints wrote it before the layers: old paths, sampler ``name``, no ``module``."""
     config = copy.deepcopy(config)
     config.pop("module")
+    del config["training"]["max_nonfinite_steps"], config["training"]["method"]  # settings added since
     config["model"]["_target_"] = "diffusion.unet.UNet"
     config["schedule"]["_target_"] = config["schedule"]["_target_"].replace("diffusion.core.", "diffusion.")
     config["objective"]["_target_"] = config["objective"]["_target_"].replace("diffusion.core.", "diffusion.")
@@ -78,6 +79,7 @@ def test_a_checkpoint_of_the_old_layout_loads_and_samples_the_same():
     assert "diffusion.unet.UNet" in str(old["diffusion"]["config"])
 
     loaded = module_from_checkpoint(old)
+    assert loaded.max_nonfinite_steps == 10 and type(loaded.method).__name__ == "DenoisingLoss"
     assert loaded.sampler.fn == "dpmpp_2m_sde" and loaded.sampler.function is resolve_function(module.sampler.fn)
     for key, value in module.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key

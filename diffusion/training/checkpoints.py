@@ -218,11 +218,18 @@ def upgrade_config(node: Any) -> Any:
 
 
 def stored_config(info: dict[str, Any]) -> DictConfig:
+    """The stored config with a ``module`` node: today's conf/module/default.yaml for configs from before it, less
+    the settings that config predates (``training.max_nonfinite_steps``...), which keep DiffusionModule's defaults."""
     config = upgrade_config(info["config"])
-    if "module" not in config:
-        defaults = OmegaConf.load(CONF_DIR / "module" / "default.yaml")
-        return OmegaConf.merge({"module": defaults}, config)
-    return OmegaConf.create(config)
+    if "module" in config:
+        return OmegaConf.create(config)
+    merged = OmegaConf.merge({"module": OmegaConf.load(CONF_DIR / "module" / "default.yaml")}, config)
+    for key in list(merged.module):
+        try:
+            OmegaConf.select(merged, f"module.{key}", throw_on_missing=True)
+        except Exception:  # noqa: BLE001 - omegaconf's missing-key and interpolation errors alike
+            del merged.module[key]
+    return merged
 
 
 def module_from_checkpoint(checkpoint: dict[str, Any], trust: tuple[str, ...] | list[str] = ()) -> DiffusionModule:

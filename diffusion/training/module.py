@@ -81,7 +81,7 @@ class DiffusionModule(L.LightningModule):
         lr_warmup_steps: int = 0,
         lr_schedule: str = "constant",
         label_dropout: float = 0.1,
-        max_nonfinite_steps: int = 10,
+        max_nonfinite_steps: int = 10,  # for code building a module itself; runs take training.max_nonfinite_steps
         method: Callable[..., Tensor] | None = None,
         class_names: list[str] | None = None,
         config: dict[str, Any] | None = None,
