@@ -180,7 +180,7 @@ def test_init_from_refuses_another_objective_or_model(tmp_path):
     eps = save_teacher(tiny_module(), tmp_path / "eps.ckpt")  # the default: linear schedule, eps objective
     message = raises_config_error(initialize_from, student, eps)
     assert "objective" in message and "EpsPrediction" in message and "\n" not in message
-    wider = save_teacher(tiny_module("schedule=edm", "objective=edm", "model.base_channels=16"), tmp_path / "wide.ckpt")
+    wider = save_teacher(tiny_module("schedule=edm", "objective=edm", "network.base_channels=16"), tmp_path / "wide.ckpt")
     message = raises_config_error(initialize_from, student, wider)
     assert "different model config" in message and "\n" not in message
 

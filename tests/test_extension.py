@@ -49,8 +49,8 @@ USER_NET = textwrap.dedent(
 
 
 # Removes the U-Net's own options from `model` when it names another network.
-NOT_A_UNET = ["~model.base_channels", "~model.channel_mult", "~model.attn_resolutions", "~model.norm_groups",
-              "~model.num_res_blocks", "~model.dropout"]
+NOT_A_UNET = ["~network.base_channels", "~network.channel_mult", "~network.attn_resolutions", "~network.norm_groups",
+              "~network.num_res_blocks", "~network.dropout"]
 
 
 def tiny_module(overrides=()):
@@ -63,6 +63,7 @@ def old_layout(config: dict) -> dict:
     config = copy.deepcopy(config)
     config.pop("module")
     del config["training"]["max_nonfinite_steps"], config["training"]["method"]  # settings added since
+    config["model"] = config.pop("network")  # the group's name before it was renamed
     config["model"]["_target_"] = "diffusion.unet.UNet"
     config["schedule"]["_target_"] = config["schedule"]["_target_"].replace("diffusion.core.", "diffusion.")
     config["objective"]["_target_"] = config["objective"]["_target_"].replace("diffusion.core.", "diffusion.")
@@ -95,7 +96,7 @@ def test_a_checkpoint_naming_code_outside_the_framework_needs_trust(tmp_path, mo
     (tmp_path / "mypkg" / "__init__.py").write_text("")
     (tmp_path / "mypkg" / "net.py").write_text(USER_NET)
     monkeypatch.syspath_prepend(str(tmp_path))
-    module = tiny_module(["model._target_=mypkg.net.TinyNet", *NOT_A_UNET])
+    module = tiny_module(["network._target_=mypkg.net.TinyNet", *NOT_A_UNET])
     assert type(module.denoiser.net).__name__ == "TinyNet"
     checkpoint = {"diffusion": module.checkpoint_info(), "state_dict": module.state_dict()}
 
@@ -125,7 +126,7 @@ class Shrinks(NoLabels):
 @pytest.mark.parametrize("net, rule", [(NoLabels, "net(x, c_noise, labels)"), (Shrinks, "returned shape (2, 3, 15, 15)")])
 def test_a_network_that_breaks_the_contract_is_refused_when_built(net, rule):
     """Before any training step, in one line naming the rule (docs/architecture.md), not at the first checkpoint."""
-    message = raises_config_error(tiny_module, [f"model._target_={__name__}.{net.__name__}", *NOT_A_UNET])
+    message = raises_config_error(tiny_module, [f"network._target_={__name__}.{net.__name__}", *NOT_A_UNET])
     assert rule in message and "docs/architecture.md" in message and "\n" not in message, message
 
 
@@ -158,10 +159,13 @@ def test_a_user_network_trains_and_samples_by_config_alone(tmp_path):
     env = {"PYTHONPATH": str(tmp_path)}
     run_dir = tmp_path / "run"
     proc = run_script(
-        "train.py", "model=small", "model._target_=mypkg.net.TinyNet", *NOT_A_UNET, "+model.width=4",
+        "train.py", "model=small", "network._target_=mypkg.net.TinyNet", *NOT_A_UNET, "+network.width=4",
         "callbacks.fid.fraction=0", f"hydra.run.dir={run_dir}", "data.n=256", env=env,
     )
     assert proc.returncode == 0, describe(proc)
+    # the old name of the group still works for one release, with one line saying the new one
+    assert [line for line in proc.stderr.splitlines() if "model" in line and "network" in line] == [
+        "note: the config group model is now network (network=small); model= is still read, for one release"]
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     assert ckpt.exists() and (run_dir / "samples" / "final.png").exists()
 
@@ -174,3 +178,17 @@ def test_a_user_network_trains_and_samples_by_config_alone(tmp_path):
     assert proc.returncode == 0, describe(proc)
     with np.load(out / "samples.npz") as npz:
         assert npz["images"].shape == (4, 16, 16, 3)
+
+
+def test_old_group_names_on_the_command_line_are_rewritten_with_one_note():
+    from diffusion.training.renamed_groups import renamed_overrides
+
+    notes = []
+    args = ["model=large", "model.base_channels=48", "+model.width=4", "~model.dropout", "++model.x=1", "modelx=1",
+            "data.model=1", "hydra.run.dir=model", "-m"]
+    assert renamed_overrides(args, notes.append) == [
+        "network=large", "network.base_channels=48", "+network.width=4", "~network.dropout", "++network.x=1", "modelx=1",
+        "data.model=1", "hydra.run.dir=model", "-m"]
+    assert len(notes) == 1 and "network" in notes[0]
+    cfg = compose_config("train", renamed_overrides(["model=large"], notes.append))
+    assert cfg.network.base_channels == compose_config("train", ["network=large"]).network.base_channels

@@ -18,6 +18,7 @@ from torch import nn
 from diffusion.core.errors import ConfigError
 from diffusion.training.builders import CONF_DIR, build_module
 from diffusion.training.module import DiffusionModule
+from diffusion.training.renamed_groups import renamed_keys
 
 
 def check_run_dir(run_dir: Path, resuming: bool) -> None:
@@ -144,7 +145,7 @@ def check_compatible(module: nn.Module, state_dict: dict[str, torch.Tensor], pat
         example = (wrong or missing or unexpected)[0]
         raise ConfigError(
             f"checkpoint {path} was trained with a different model config ({len(missing)} missing, {len(unexpected)} "
-            f"unexpected, {len(wrong)} mis-shaped tensors, e.g. {example}); use the model= settings it was trained with"
+            f"unexpected, {len(wrong)} mis-shaped tensors, e.g. {example}); use the network= settings it was trained with"
         )
 
 
@@ -155,7 +156,7 @@ CHECKPOINT_MODULES = (
     "diffusion.nets.", "diffusion.core.schedules", "diffusion.core.objectives", "diffusion.core.sampling",
     "diffusion.core.denoising_loss", "diffusion.core.consistency_tuning", "diffusion.core.samplers.", "diffusion.training.module", "torch.optim",
 )
-BUILT_FROM_CONFIG = ("module", "model", "schedule", "objective", "optimizer", "sampler")
+BUILT_FROM_CONFIG = ("module", "network", "schedule", "objective", "optimizer", "sampler")
 # Where the classes of older checkpoints moved (the split into layers; one file name per module): old prefix -> new.
 MOVED = {
     "diffusion.unet.": "diffusion.nets.unet.",
@@ -220,7 +221,7 @@ def upgrade_config(node: Any) -> Any:
 def stored_config(info: dict[str, Any]) -> DictConfig:
     """The stored config with a ``module`` node: today's conf/module/default.yaml for configs from before it, less
     the settings that config predates (``training.max_nonfinite_steps``...), which keep DiffusionModule's defaults."""
-    config = upgrade_config(info["config"])
+    config = renamed_keys(upgrade_config(info["config"]))
     if "module" in config:
         return OmegaConf.create(config)
     merged = OmegaConf.merge({"module": OmegaConf.load(CONF_DIR / "module" / "default.yaml")}, config)

@@ -2,7 +2,7 @@
 
     python -m diffusion.tools.throughput [--model small|course|large] [--batch 100] [--steps 20] [--precision 32|bf16|auto]
                               [--device auto|cpu|cuda] [--channels-last] [--compile] [--quick] [--json PATH]
-                              [hydra overrides, e.g. model.base_channels=48]
+                              [hydra overrides, e.g. network.base_channels=48]
 
 Method. Everything is measured in one process and side by side: each contender is built once and warmed
 up (warm-up steps, which include torch.compile's compilation, are never timed), then the contenders take
@@ -97,7 +97,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", default="small", help="a conf/model config: small, course or large")
+    parser.add_argument("--model", default="small", help="a conf/network config: small, course or large")
     parser.add_argument("--batch", type=int, default=100, help="training batch size")
     parser.add_argument("--steps", type=int, default=20,
                         help="fast samplers' model evaluations (NFE); the full run also does half")
@@ -112,7 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="images per sampling run (default 256 on CUDA, 32 on CPU, 16 on CPU with --quick)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", type=Path, help="also write the JSON result here")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config, e.g. model.base_channels=48")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config, e.g. network.base_channels=48")
     return parser.parse_args(argv)
 
 
