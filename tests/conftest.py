@@ -54,7 +54,7 @@ TINY_TRAIN = TINY_MODEL + [
     "callbacks.fid.num_samples=8",
     "callbacks.fid.samplers.default.steps=2",
     "callbacks.fid.kid_subsets=2",
-    "metrics.train.min_steps=2",
+    "fid_features.train.min_steps=2",
 ]
 
 

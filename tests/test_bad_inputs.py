@@ -224,7 +224,7 @@ CASES = [
     Case("evaluate-samples-without-images", "evaluate", ("samples={case}/other.npz",),
          ("error: {case}/other.npz holds no `images` array (found x)",), _npz),
     Case("evaluate-unknown-reference", "evaluate", ("samples={samples}", "reference=test"), ("reference=test", "val, train")),
-    Case("evaluate-unknown-features", "evaluate", ("samples={samples}", "metrics.features=clip"), ("metrics.features='clip'",)),
+    Case("evaluate-unknown-features", "evaluate", ("samples={samples}", "fid_features.features=clip"), ("fid_features.features='clip'",)),
 ]
 SUB_CASES = [case for case in CASES if case.sub]
 

@@ -190,5 +190,8 @@ def test_old_group_names_on_the_command_line_are_rewritten_with_one_note():
         "network=large", "network.base_channels=48", "+network.width=4", "~network.dropout", "++network.x=1", "modelx=1",
         "data.model=1", "hydra.run.dir=model", "-m"]
     assert len(notes) == 1 and "network" in notes[0]
+    assert renamed_overrides(["metrics.features=inception", "metrics=default"], notes.append) == [
+        "fid_features.features=inception", "fid_features=default"]
+    assert len(notes) == 2 and "fid_features" in notes[1]
     cfg = compose_config("train", renamed_overrides(["model=large"], notes.append))
     assert cfg.network.base_channels == compose_config("train", ["network=large"]).network.base_channels

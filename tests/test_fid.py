@@ -105,7 +105,7 @@ def test_inception_without_weights_is_a_one_line_config_error(tmp_path, monkeypa
     with pytest.raises(ConfigError) as err:
         build_feature_net("inception")
     message = str(err.value)
-    assert "\n" not in message and "weights-inception-2015-12-05-6726825d.pth" in message and "metrics.inception_weights" in message
+    assert "\n" not in message and "weights-inception-2015-12-05-6726825d.pth" in message and "fid_features.inception_weights" in message
     with pytest.raises(ConfigError, match="no such file"):
         build_feature_net("inception", inception_weights=str(tmp_path / "nope.pth"))
     with pytest.raises(ConfigError, match="one of sprite, inception"):
@@ -227,7 +227,7 @@ def test_evaluate_npz_and_png_folder(tmp_path, sprite_dir):
 
     images, _ = generate_sprites(40, seed=9)
     np.savez(tmp_path / "samples.npz", images=images, labels=np.zeros(40, dtype=np.int64))
-    overrides = ["data=sprites", f"data.dir={sprite_dir}", "data.val_fraction=0.25", "data.batch_size=16", f"metrics.cache_dir={tmp_path / 'cache'}", "metrics.train.batch_size=32", "metrics.train.min_steps=10"]
+    overrides = ["data=sprites", f"data.dir={sprite_dir}", "data.val_fraction=0.25", "data.batch_size=16", f"fid_features.cache_dir={tmp_path / 'cache'}", "fid_features.train.batch_size=32", "fid_features.train.min_steps=10"]
     cfg = compose_config("evaluate", overrides + [f"samples={tmp_path}"])  # a folder holding samples.npz
     report = evaluate(cfg)
     written = json.loads((tmp_path / "eval.json").read_text())
@@ -264,7 +264,7 @@ def test_callback_turns_itself_off_on_unlabelled_data(sprite_dir, tmp_path):
     data = NpySprites(dir=str(sprite_dir), labels=None, batch_size=16, val_fraction=0.1)
     trainer = SimpleNamespace(datamodule=data, world_size=1, is_global_zero=True, loggers=[], sanity_checking=False)
     callback = FIDCallback(dirpath=str(tmp_path), cache_dir=str(tmp_path))
-    with pytest.warns(UserWarning, match="metrics.feature_weights=PATH"):
+    with pytest.warns(UserWarning, match="fid_features.feature_weights=PATH"):
         callback.setup(trainer, None, "fit")
     assert callback.cadence.off and callback.quality is None and not callback.due(trainer)
     with pytest.raises(ConfigError, match="one of sprite, inception"):

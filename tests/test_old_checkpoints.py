@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from diffusion.core.sampling import Sampler
 from diffusion.training.builders import build_module
-from diffusion.training.checkpoints import initialize_from, load_checkpoint, module_from_checkpoint
+from diffusion.training.checkpoints import initialize_from, load_checkpoint, module_from_checkpoint, stored_config
 
 DATA = Path(__file__).parent / "data"
 CHECKPOINT = DATA / "checkpoint_44e540d.safetensors"
@@ -61,3 +61,11 @@ def test_init_from_a_checkpoint_of_44e540d():
     initialize_from(module, CHECKPOINT)
     for key, value in load_checkpoint(CHECKPOINT)["state_dict"].items():
         assert torch.equal(module.state_dict()[key], value), key
+
+
+def test_a_stored_config_of_44e540d_reads_in_todays_group_names():
+    """The groups renamed since (model -> network, metrics -> fid_features) read under their new names, as
+    sampler_fid and posthoc_ema --fid read the feature network's settings."""
+    config = stored_config(load_checkpoint(CHECKPOINT)["diffusion"])
+    assert "model" not in config and "metrics" not in config
+    assert config.network._target_ == "diffusion.nets.unet.UNet" and config.fid_features.features == "sprite"

@@ -14,13 +14,13 @@ for a seed and a thread count.
 
 Data without labels: there is nothing to train a classifier on, so ``load_or_train`` raises a
 ConfigError asking for a network trained on a labelled set (``python -m diffusion.tools.train_features
-data=procedural``), passed as ``metrics.feature_weights=PATH``. FID with such a network still works
+data=procedural``), passed as ``fid_features.feature_weights=PATH``. FID with such a network still works
 on any 16x16 RGB images; it then measures what a sprite classifier sees.
 
 Command line::
 
     python -m diffusion.tools.train_features                      # the default procedural data
-    python -m diffusion.tools.train_features data=sprites metrics.train.epochs=2 out=weights/sprites.safetensors
+    python -m diffusion.tools.train_features data=sprites fid_features.train.epochs=2 out=weights/sprites.safetensors
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ def load_weights(path: str | Path) -> SpriteFeatureNet:
     if not path.is_file():
         raise ConfigError(
             f"feature-network weights {path} not found; train them with `python -m diffusion.tools.train_features data=...` "
-            "and pass the printed path as metrics.feature_weights=PATH"
+            "and pass the printed path as fid_features.feature_weights=PATH"
         )
     state, metadata = read_safetensors(path, "retrain them with python -m diffusion.tools.train_features")
     if metadata.get("arch") != ARCH_VERSION:
@@ -295,7 +295,7 @@ def training_data(datamodule) -> tuple[Tensor, Tensor, list[str]]:
         raise ConfigError(
             "this data set has no class labels, so the sprite feature network for FID cannot be trained on it; "
             "train one on a labelled set (python -m diffusion.tools.train_features data=procedural) and pass its path as "
-            "metrics.feature_weights=PATH, or choose metrics.features=inception with local Inception weights"
+            "fid_features.feature_weights=PATH, or choose fid_features.features=inception with local Inception weights"
         )
     return images, labels, class_names
 

@@ -172,7 +172,7 @@ class FIDCallback(L.Callback):
         if self.features == "sprite" and not self.feature_weights and not getattr(datamodule, "num_classes", 0):
             return (
                 "the data have no class labels to train the sprite feature network on; train one on a labelled set "
-                "(python -m diffusion.tools.train_features data=procedural) and pass metrics.feature_weights=PATH"
+                "(python -m diffusion.tools.train_features data=procedural) and pass fid_features.feature_weights=PATH"
             )
         return None
 

@@ -1,12 +1,12 @@
 """FID and KID of generated sprites, through torchmetrics (in training) and torch-fidelity (offline).
 
-Feature networks (``metrics.features``):
+Feature networks (``fid_features.features``):
 
 * ``sprite`` (default): the framework's own sprite classifier (``diffusion.evaluation.features``); figures carry
   its version, ``sprite-cnn-v1-<hash8>``.
 * ``inception``: torch-fidelity's Inception-v3 (pool3, 2048 features), the network of published FIDs.
   Its weights are never downloaded: they must already be on this machine, either given as
-  ``metrics.inception_weights=PATH`` or in torch hub's cache, where torch-fidelity and torchmetrics
+  ``fid_features.inception_weights=PATH`` or in torch hub's cache, where torch-fidelity and torchmetrics
   would have put them (``$TORCH_HOME/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth``).
 
 Images: generated samples are [-1, 1] float tensors; they are turned into uint8 exactly as
@@ -42,7 +42,7 @@ def to_uint8(x: Tensor) -> Tensor:
 
 def check_feature_choice(features: str) -> str:
     if features not in FEATURE_CHOICES:
-        raise ConfigError(f"unknown metrics.features={features!r}; choose one of {', '.join(FEATURE_CHOICES)}")
+        raise ConfigError(f"unknown fid_features.features={features!r}; choose one of {', '.join(FEATURE_CHOICES)}")
     return features
 
 
@@ -63,14 +63,14 @@ def inception_weights_path(path: str | Path | None = None) -> Path:
     if path:
         candidate = Path(path).expanduser()
         if not candidate.is_file():
-            raise ConfigError(f"metrics.inception_weights={path}: no such file; download {INCEPTION_URL} on a connected machine and pass its path")
+            raise ConfigError(f"fid_features.inception_weights={path}: no such file; download {INCEPTION_URL} on a connected machine and pass its path")
         check_weights_file(candidate)  # torch-fidelity reads it with torch.load(weights_only=False)
         return candidate
     candidate = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
     if not candidate.is_file():
         raise ConfigError(
-            f"metrics.features=inception needs {INCEPTION_FILE}, not found in {candidate.parent} and nothing is downloaded here; "
-            f"fetch {INCEPTION_URL} on a connected machine and pass metrics.inception_weights=PATH (or use metrics.features=sprite)"
+            f"fid_features.features=inception needs {INCEPTION_FILE}, not found in {candidate.parent} and nothing is downloaded here; "
+            f"fetch {INCEPTION_URL} on a connected machine and pass fid_features.inception_weights=PATH (or use fid_features.features=sprite)"
         )
     check_weights_file(candidate)
     return candidate
@@ -103,7 +103,7 @@ def build_feature_net(
     train_settings: dict[str, Any] | None = None,
     verbose: bool = False,
 ) -> nn.Module:
-    """The feature network ``metrics.features`` names, frozen, with ``version`` and ``info``."""
+    """The feature network ``fid_features.features`` names, frozen, with ``version`` and ``info``."""
     check_feature_choice(features)
     if features == "inception":
         net: nn.Module = InceptionFeatures(inception_weights_path(inception_weights))
@@ -111,7 +111,7 @@ def build_feature_net(
         from diffusion.evaluation.features import load_or_train
 
         if datamodule is None and not feature_weights:
-            raise ConfigError("the sprite feature network needs a data set to train on, or metrics.feature_weights=PATH")
+            raise ConfigError("the sprite feature network needs a data set to train on, or fid_features.feature_weights=PATH")
         net = load_or_train(datamodule, cache_dir, weights=feature_weights, settings=train_settings, verbose=verbose)
     return net.eval().requires_grad_(False)
 

@@ -1,7 +1,7 @@
 """Config groups renamed so that their names say what they hold, their old names kept for one release.
 
-``model`` held the network's settings beside ``module``, the LightningModule: it is ``network`` now. On the
-command line an override of the old name (``model=large``, ``model.base_channels=48``, ``+model.width=4``,
+``model`` held the network's settings beside ``module``, the LightningModule: it is ``network`` now; ``metrics``
+held the settings of the FID feature network: it is ``fid_features``. On the command line an override of an old name (``model=large``, ``model.base_channels=48``, ``+model.width=4``,
 ``~model.dropout``) is rewritten to the new one, with one line saying so; a checkpoint's stored config is
 upgraded the same way when it is read (``training.checkpoints.stored_config``).
 """
@@ -12,7 +12,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 
-RENAMED_GROUPS = {"model": "network"}
+RENAMED_GROUPS = {"model": "network", "metrics": "fid_features"}
 
 _OVERRIDE = re.compile(r"^(~|\+\+|\+)?([A-Za-z_]\w*)(?=[.=@]|$)")
 
