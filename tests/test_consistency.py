@@ -203,6 +203,6 @@ def test_ect_fine_tunes_a_trained_edm_model(tmp_path):
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "samples" / "final.png").is_file()
     start = torch.load(ckpt, weights_only=True)["state_dict"]
     tuned = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert tuned["diffusion"]["config"]["module"]["method"]["_target_"] == "diffusion.core.consistency.ConsistencyTuning"
+    assert tuned["diffusion"]["config"]["module"]["method"]["_target_"] == "diffusion.core.consistency_tuning.ConsistencyTuning"
     for name, value in start.items():
         torch.testing.assert_close(tuned["current_model_state"][name], value, rtol=0, atol=1e-6, msg=name)
