@@ -20,7 +20,7 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: $(VENV)/.installed
-	$(BIN)/python -m diffusion.tools.bench $(ARGS)
+	$(BIN)/python -m diffusion.tools.throughput $(ARGS)
 
 # Mutation testing of the diffusion math against its fast tests ([tool.mutmut] in pyproject.toml; BENCHMARKS.md).
 # CPU heavy: niced, one test process at a time, stopped after MUTANTS_TIMEOUT seconds. `mutants/` keeps the results

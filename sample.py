@@ -1,6 +1,6 @@
 """Sample from a trained model: `python sample.py ckpt=PATH n=64 seed=0 out=DIR`.
 
-Options: sampler=<ddpm|ddim|euler|euler_ancestral|heun|lms|dpmpp_2m> steps=N label=<name|index|uncond>
+Options: sampler=NAME (a file of conf/sampler/: `python sample.py --help` lists them) steps=N label=<name|index|uncond|data>
 guidance=W trajectory=true. Writes DIR/samples.npz (uint8 images (n, 16, 16, 3) and labels, the
 course's layout), DIR/grid.png and, with trajectory=true, DIR/trajectory.gif.
 """

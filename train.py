@@ -9,10 +9,13 @@ Examples:
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from diffusion.tools.cli import check_settings, reports_user_errors, run_hydra_main
+from diffusion.training.renamed_groups import renamed_overrides
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -25,4 +28,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = renamed_overrides(sys.argv[1:])  # model= -> network=, for one release
     run_hydra_main(main)

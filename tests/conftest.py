@@ -30,10 +30,10 @@ N_CLASSES = 5
 
 # A model small enough that a few training steps take a second or two on one CPU core.
 TINY_MODEL = [
-    "model.base_channels=8",
-    "model.channel_mult=[1,2]",
-    "model.attn_resolutions=[]",
-    "model.norm_groups=4",
+    "network.base_channels=8",
+    "network.channel_mult=[1,2]",
+    "network.attn_resolutions=[]",
+    "network.norm_groups=4",
 ]
 
 # Everything else train.py needs to be quick and deterministic: 32-bit, few steps, small grids.
@@ -52,9 +52,9 @@ TINY_TRAIN = TINY_MODEL + [
     "callbacks.sample_grid.sampler.steps=3",
     "final_samples.n=8",
     "callbacks.fid.num_samples=8",
-    "callbacks.fid.sampler.steps=2",
+    "callbacks.fid.samplers.default.steps=2",
     "callbacks.fid.kid_subsets=2",
-    "metrics.train.min_steps=2",
+    "fid_features.train.min_steps=2",
 ]
 
 

@@ -214,9 +214,9 @@ CASES = [
          _truncated("{ckpt}", "cut.ckpt")),
     Case("ckpt-train-not-ours", "train", ("ckpt_path={case}/plain.ckpt",), ("{case}/plain.ckpt", "not a checkpoint written by"),
          _not_ours),
-    Case("ckpt-train-other-model", "train", ("hydra.run.dir={run_copy}", "ckpt_path=last", "model.base_channels=16"),
-         ("{run_copy}/checkpoints/last.ckpt", "different model config", "model="), sub=True),
-    Case("ckpt-train-other-model-in-place", "train", ("paths.output_dir={run_copy}", "ckpt_path=last", "model.channel_mult=[1,2,2]"),
+    Case("ckpt-train-other-model", "train", ("hydra.run.dir={run_copy}", "ckpt_path=last", "network.base_channels=16"),
+         ("{run_copy}/checkpoints/last.ckpt", "different model config", "network="), sub=True),
+    Case("ckpt-train-other-model-in-place", "train", ("paths.output_dir={run_copy}", "ckpt_path=last", "network.channel_mult=[1,2,2]"),
          ("{run_copy}/checkpoints/last.ckpt", "different model config")),
     # -- evaluation (python -m diffusion.tools.evaluate) ----------------------------------------------------------
     Case("evaluate-samples-missing", "evaluate", ("samples={case}/absent.npz",), ("samples={case}/absent.npz", "not found")),
@@ -225,7 +225,7 @@ CASES = [
     Case("evaluate-samples-without-images", "evaluate", ("samples={case}/other.npz",),
          ("error: {case}/other.npz holds no `images` array (found x)",), _npz),
     Case("evaluate-unknown-reference", "evaluate", ("samples={samples}", "reference=test"), ("reference=test", "val, train")),
-    Case("evaluate-unknown-features", "evaluate", ("samples={samples}", "metrics.features=clip"), ("metrics.features='clip'",)),
+    Case("evaluate-unknown-features", "evaluate", ("samples={samples}", "fid_features.features=clip"), ("fid_features.features='clip'",)),
 ]
 SUB_CASES = [case for case in CASES if case.sub]
 

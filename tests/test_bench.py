@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import TINY_MODEL
 
-from diffusion.tools import bench
-from diffusion.tools.bench.measure import IMAGE_SIZE
+from diffusion.tools import throughput as bench
+from diffusion.tools.throughput.measure import IMAGE_SIZE
 
 
 def conv_and_linear_flops(module) -> float:

@@ -221,8 +221,7 @@ def test_sample_labels_in_process(trained):
     """How sample.py reads label= (the bad settings are in tests/test_bad_inputs.py)."""
     from diffusion.core.errors import ConfigError
     from diffusion.tools.sample import parse_labels
-    from diffusion.training.builders import module_from_checkpoint
-    from diffusion.training.checkpoints import load_checkpoint
+    from diffusion.training.checkpoints import load_checkpoint, module_from_checkpoint
 
     module = module_from_checkpoint(load_checkpoint(trained.ckpt))
     assert parse_labels(None, 7, module).tolist() == [0, 1, 2, 3, 4, 0, 1]
@@ -236,8 +235,7 @@ def test_sample_labels_in_process(trained):
 
 
 def test_safetensors_export_matches_last_checkpoint(trained):
-    from diffusion.training.builders import module_from_checkpoint
-    from diffusion.training.checkpoints import load_checkpoint
+    from diffusion.training.checkpoints import load_checkpoint, module_from_checkpoint
 
     export = trained.run_dir / "checkpoints" / "final.safetensors"
     if not export.exists():

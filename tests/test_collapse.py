@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import TINY_MODEL, compose_config
 
+from diffusion.core.denoising_loss import DenoisingLoss
 from diffusion.data.procedural import generate_sprites
 from diffusion.tools.collapse import ddpm_both_ways, detail, spread
 from diffusion.training.builders import build_module
@@ -32,7 +33,7 @@ def trained():
     batches = torch.Generator().manual_seed(0)
     for _ in range(STEPS):
         x0 = data[torch.randint(0, len(data), (BATCH,), generator=batches)]
-        loss = module.denoiser.loss(x0, module.schedule.sample_sigma(BATCH), torch.randn_like(x0)).mean()
+        loss = DenoisingLoss.at(module.denoiser, x0, module.schedule.sample_sigma(BATCH), torch.randn_like(x0)).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

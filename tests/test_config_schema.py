@@ -22,7 +22,7 @@ from diffusion.tools.config_schema import SAMPLE, SCHEMAS, TRAIN
 from diffusion.tools.config_types import Kind
 
 # Groups whose options can be combined freely: the i-th composed config takes each group's i-th option (cycled).
-FREE_GROUPS = ("data", "model", "schedule", "objective", "sampler", "optimizer", "trainer", "logger")
+FREE_GROUPS = ("data", "network", "schedule", "objective", "sampler", "optimizer", "trainer", "logger")
 # Options that override other groups themselves: one config each.
 ALONE = ("experiment", "debug", "hparams_search")
 
@@ -102,10 +102,10 @@ def test_every_bad_value_the_schema_names_is_refused_in_one_line_naming_the_key(
 
 
 def test_a_users_class_keeps_its_own_keys_while_declared_keys_are_checked():
-    user = ["model._target_=mypkg.net.TinyNet", "+model.width=64", "sampler.fn=mypkg.samplers.sample_x",
+    user = ["network._target_=mypkg.net.TinyNet", "+network.width=64", "sampler.fn=mypkg.samplers.sample_x",
             "+sampler.options.gamma=2", "+callbacks.mine._target_=mypkg.Callback", "+callbacks.mine.every=3"]
     assert check(compose_config("train", user), "train") is None
-    assert check(compose_config("train", [*user, "model.base_channels=abc"]), "train").startswith("model.base_channels='abc'")
+    assert check(compose_config("train", [*user, "network.base_channels=abc"]), "train").startswith("network.base_channels='abc'")
     assert check(compose_config("train", [*user, "sampler.steps=0"]), "train").startswith("sampler.steps=0 must")
     # the framework's own classes are closed: a misspelt key is named with the closest declared one
     assert check(compose_config("train", ["+trainer.max_step=5"]), "train") == (

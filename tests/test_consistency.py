@@ -1,4 +1,4 @@
-"""Easy Consistency Tuning (diffusion/core/consistency.py), the consistency sampler and ``init_from``.
+"""Easy Consistency Tuning (diffusion/core/consistency_tuning.py), the consistency sampler and ``init_from``.
 
 The closed form used throughout: for a one-point data set {y}, every probability-flow ODE trajectory ends at y,
 so the exact consistency function is f(x, t) = y for every x and t > 0 (and f(x, 0) = x).
@@ -13,12 +13,13 @@ import torch
 from conftest import TINY_MODEL, compose_config, describe, raises_config_error, run_script, write_sprites
 from torch import nn
 
-from diffusion.core.consistency import ConsistencyTuning, ect_r, pseudo_huber
+from diffusion.core.consistency_tuning import ConsistencyTuning, ect_r, pseudo_huber
 from diffusion.core.denoiser import Denoiser
 from diffusion.core.objectives import EDMPreconditioning, EpsPrediction
 from diffusion.core.samplers.consistency import sample_consistency
 from diffusion.core.schedules import EDMSchedule, LinearSchedule
-from diffusion.training.builders import build_module, initialize_from, sampler_from_conf
+from diffusion.training.builders import build_module, sampler_from_conf
+from diffusion.training.checkpoints import initialize_from
 
 SD = 0.5
 
@@ -179,7 +180,7 @@ def test_init_from_refuses_another_objective_or_model(tmp_path):
     eps = save_teacher(tiny_module(), tmp_path / "eps.ckpt")  # the default: linear schedule, eps objective
     message = raises_config_error(initialize_from, student, eps)
     assert "objective" in message and "EpsPrediction" in message and "\n" not in message
-    wider = save_teacher(tiny_module("schedule=edm", "objective=edm", "model.base_channels=16"), tmp_path / "wide.ckpt")
+    wider = save_teacher(tiny_module("schedule=edm", "objective=edm", "network.base_channels=16"), tmp_path / "wide.ckpt")
     message = raises_config_error(initialize_from, student, wider)
     assert "different model config" in message and "\n" not in message
 
@@ -202,6 +203,6 @@ def test_ect_fine_tunes_a_trained_edm_model(tmp_path):
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "samples" / "final.png").is_file()
     start = torch.load(ckpt, weights_only=True)["state_dict"]
     tuned = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert tuned["diffusion"]["config"]["module"]["method"]["_target_"] == "diffusion.core.consistency.ConsistencyTuning"
+    assert tuned["diffusion"]["config"]["module"]["method"]["_target_"] == "diffusion.core.consistency_tuning.ConsistencyTuning"
     for name, value in start.items():
         torch.testing.assert_close(tuned["current_model_state"][name], value, rtol=0, atol=1e-6, msg=name)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from diffusion.core.denoiser import Denoiser
+from diffusion.core.denoising_loss import DenoisingLoss
 from diffusion.core.objectives import EDMPreconditioning, EpsPrediction, VPrediction, X0Prediction
 from diffusion.core.samplers.ancestral import sample_ddpm
 from diffusion.core.schedules import LinearSchedule
@@ -208,4 +209,4 @@ def test_denoiser_with_a_perfect_network_returns_x0(name):
     d = Denoiser(net, obj, schedule)
     torch.testing.assert_close(d(x0 + s4 * noise, sigma), x0, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(net.seen_c_noise, torch.tensor([10 / 500, 400 / 500]))
-    assert float(d.loss(x0, sigma, noise).abs().max()) < 1e-10
+    assert float(DenoisingLoss.at(d, x0, sigma, noise).abs().max()) < 1e-10

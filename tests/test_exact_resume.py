@@ -42,7 +42,7 @@ RESUME_TRAIN = [
     "callbacks=[default,posthoc_ema]",
     "callbacks.posthoc_ema.every_n_steps=4",
     "trainer.max_epochs=100",
-    "model.dropout=0.1",  # dropout inside the network draws from the global generator
+    "network.dropout=0.1",  # dropout inside the network draws from the global generator
     "ckpt_path=auto",
 ]
 SLURM_ENV = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",

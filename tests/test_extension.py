@@ -3,7 +3,7 @@
 - A network defined outside ``diffusion/`` trains and samples when named in config; loading its checkpoint
   needs the user's explicit ``trust=[pkg]``, as a stranger's checkpoint must not name arbitrary code.
 - A checkpoint written before the split into layers (``diffusion.unet.UNet``, samplers by ``name``, no
-  ``module`` node) still loads, through ``training.builders.MOVED`` and ``upgrade_config``.
+  ``module`` node) still loads, through ``training.checkpoints.MOVED`` and ``upgrade_config``.
 - A sampler needs one function and one config file: no table to edit.
 """
 
@@ -18,8 +18,10 @@ import torch
 from conftest import TINY_MODEL, compose_config, describe, raises_config_error, run_script
 from omegaconf import OmegaConf
 
+from diffusion.core.samplers import all_samplers
 from diffusion.core.sampling import Sampler, resolve_function
-from diffusion.training.builders import build_module, module_from_checkpoint, sampler_from_conf, sampler_names
+from diffusion.training.builders import build_module, sampler_from_conf, sampler_names
+from diffusion.training.checkpoints import module_from_checkpoint
 
 USER_NET = textwrap.dedent(
     '''
@@ -28,11 +30,11 @@ USER_NET = textwrap.dedent(
 
 
     class TinyNet(nn.Module):
-        """A user's own network: one convolution, conditioned on the noise level and the label by a bias."""
+        """A user's own network: one convolution, conditioned on the noise level and the label by a bias. It keeps
+        neither num_classes nor image_size (the contract asks it to take them, not to keep them)."""
 
         def __init__(self, num_classes: int = 0, image_size: int = 16, width: int = 8):
             super().__init__()
-            self.num_classes, self.image_size = num_classes, image_size
             self.inp = nn.Conv2d(3, width, 3, padding=1)
             self.out = nn.Conv2d(width, 3, 3, padding=1)
             self.label = nn.Embedding(num_classes + 1, width)
@@ -46,6 +48,11 @@ USER_NET = textwrap.dedent(
 )
 
 
+# Removes the U-Net's own options from `model` when it names another network.
+NOT_A_UNET = ["~network.base_channels", "~network.channel_mult", "~network.attn_resolutions", "~network.norm_groups",
+              "~network.num_res_blocks", "~network.dropout"]
+
+
 def tiny_module(overrides=()):
     cfg = compose_config("train", [*TINY_MODEL, "paths.output_dir=.", *overrides])
     return build_module(cfg, 3, 16, ["a", "b", "c"])
@@ -55,6 +62,8 @@ def old_layout(config: dict) -> dict:
     """A stored config as checkpoints wrote it before the layers: old paths, sampler ``name``, no ``module``."""
     config = copy.deepcopy(config)
     config.pop("module")
+    del config["training"]["max_nonfinite_steps"], config["training"]["method"]  # settings added since
+    config["model"] = config.pop("network")  # the group's name before it was renamed
     config["model"]["_target_"] = "diffusion.unet.UNet"
     config["schedule"]["_target_"] = config["schedule"]["_target_"].replace("diffusion.core.", "diffusion.")
     config["objective"]["_target_"] = config["objective"]["_target_"].replace("diffusion.core.", "diffusion.")
@@ -71,6 +80,7 @@ def test_a_checkpoint_of_the_old_layout_loads_and_samples_the_same():
     assert "diffusion.unet.UNet" in str(old["diffusion"]["config"])
 
     loaded = module_from_checkpoint(old)
+    assert loaded.max_nonfinite_steps == 10 and type(loaded.method).__name__ == "DenoisingLoss"
     assert loaded.sampler.fn == "dpmpp_2m_sde" and loaded.sampler.function is resolve_function(module.sampler.fn)
     for key, value in module.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
@@ -86,8 +96,7 @@ def test_a_checkpoint_naming_code_outside_the_framework_needs_trust(tmp_path, mo
     (tmp_path / "mypkg" / "__init__.py").write_text("")
     (tmp_path / "mypkg" / "net.py").write_text(USER_NET)
     monkeypatch.syspath_prepend(str(tmp_path))
-    module = tiny_module(["model._target_=mypkg.net.TinyNet", "~model.base_channels", "~model.channel_mult",
-                          "~model.attn_resolutions", "~model.norm_groups", "~model.num_res_blocks", "~model.dropout"])
+    module = tiny_module(["network._target_=mypkg.net.TinyNet", *NOT_A_UNET])
     assert type(module.denoiser.net).__name__ == "TinyNet"
     checkpoint = {"diffusion": module.checkpoint_info(), "state_dict": module.state_dict()}
 
@@ -100,9 +109,32 @@ def test_a_checkpoint_naming_code_outside_the_framework_needs_trust(tmp_path, mo
     assert "os.system" in raises_config_error(module_from_checkpoint, evil, trust=["mypkg"])
 
 
+class NoLabels(torch.nn.Module):
+    def __init__(self, num_classes: int = 0, image_size: int = 16):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+
+    def forward(self, x, c_noise):
+        return self.conv(x)
+
+
+class Shrinks(NoLabels):
+    def forward(self, x, c_noise, labels=None):
+        return self.conv(x)[..., 1:, 1:]
+
+
+@pytest.mark.parametrize("net, rule", [(NoLabels, "net(x, c_noise, labels)"), (Shrinks, "returned shape (2, 3, 15, 15)")])
+def test_a_network_that_breaks_the_contract_is_refused_when_built(net, rule):
+    """Before any training step, in one line naming the rule (docs/architecture.md), not at the first checkpoint."""
+    message = raises_config_error(tiny_module, [f"network._target_={__name__}.{net.__name__}", *NOT_A_UNET])
+    assert rule in message and "docs/architecture.md" in message and "\n" not in message, message
+
+
 def test_a_sampler_is_one_function_and_one_config_file():
     names = sampler_names()
     assert {"ddpm", "ddim", "euler", "heun", "dpmpp_2m"} <= set(names)
+    # one name per sampler: conf/sampler/<name>.yaml for every sample_<name> function of core/samplers/
+    assert set(names) == set(all_samplers())
     for name in names:  # every file of conf/sampler names a function that exists
         sampler = sampler_from_conf(name, steps=30)  # above every sampler's lowest sound step count (least_steps)
         assert callable(sampler.function) and sampler.steps == 30
@@ -127,11 +159,13 @@ def test_a_user_network_trains_and_samples_by_config_alone(tmp_path):
     env = {"PYTHONPATH": str(tmp_path)}
     run_dir = tmp_path / "run"
     proc = run_script(
-        "train.py", "model=small", "model._target_=mypkg.net.TinyNet", "~model.base_channels", "~model.channel_mult",
-        "~model.attn_resolutions", "~model.norm_groups", "~model.num_res_blocks", "~model.dropout", "+model.width=4",
+        "train.py", "model=small", "network._target_=mypkg.net.TinyNet", *NOT_A_UNET, "+network.width=4",
         "callbacks.fid.fraction=0", f"hydra.run.dir={run_dir}", "data.n=256", env=env,
     )
     assert proc.returncode == 0, describe(proc)
+    # the old name of the group still works for one release, with one line saying the new one
+    assert [line for line in proc.stderr.splitlines() if "model" in line and "network" in line] == [
+        "note: the config group model is now network (network=small); model= is still read, for one release"]
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     assert ckpt.exists() and (run_dir / "samples" / "final.png").exists()
 
@@ -144,3 +178,20 @@ def test_a_user_network_trains_and_samples_by_config_alone(tmp_path):
     assert proc.returncode == 0, describe(proc)
     with np.load(out / "samples.npz") as npz:
         assert npz["images"].shape == (4, 16, 16, 3)
+
+
+def test_old_group_names_on_the_command_line_are_rewritten_with_one_note():
+    from diffusion.training.renamed_groups import renamed_overrides
+
+    notes = []
+    args = ["model=large", "model.base_channels=48", "+model.width=4", "~model.dropout", "++model.x=1", "modelx=1",
+            "data.model=1", "hydra.run.dir=model", "-m"]
+    assert renamed_overrides(args, notes.append) == [
+        "network=large", "network.base_channels=48", "+network.width=4", "~network.dropout", "++network.x=1", "modelx=1",
+        "data.model=1", "hydra.run.dir=model", "-m"]
+    assert len(notes) == 1 and "network" in notes[0]
+    assert renamed_overrides(["metrics.features=inception", "metrics=default"], notes.append) == [
+        "fid_features.features=inception", "fid_features=default"]
+    assert len(notes) == 2 and "fid_features" in notes[1]
+    cfg = compose_config("train", renamed_overrides(["model=large"], notes.append))
+    assert cfg.network.base_channels == compose_config("train", ["network=large"]).network.base_channels

@@ -104,7 +104,7 @@ def test_load_or_train_caches_by_content_hash(tmp_path, monkeypatch):
 
 def test_unlabelled_data_asks_for_weights(tmp_path, sprite_dir):
     data = NpySprites(dir=str(sprite_dir), labels=None, batch_size=16)
-    with pytest.raises(ConfigError, match="metrics.feature_weights=PATH") as err:
+    with pytest.raises(ConfigError, match="fid_features.feature_weights=PATH") as err:
         load_or_train(data, tmp_path, settings=FAST)
     assert "\n" not in str(err.value)
 
@@ -112,22 +112,22 @@ def test_unlabelled_data_asks_for_weights(tmp_path, sprite_dir):
 def test_config_defaults_match_code_defaults():
     """The callback without a `metrics` config uses TrainSettings' defaults: both must name the same network."""
     cfg = compose_config("features")
-    assert dict(cfg.metrics.train) == dataclasses.asdict(TrainSettings())
-    assert cfg.metrics.features == "sprite"
+    assert dict(cfg.fid_features.train) == dataclasses.asdict(TrainSettings())
+    assert cfg.fid_features.features == "sprite"
 
 
 def test_features_cli(tmp_path, sprite_dir):
     cache = tmp_path / "cache"
-    args = ["data=sprites", f"data.dir={sprite_dir}", f"metrics.cache_dir={cache}", "metrics.train.batch_size=32", "metrics.train.min_steps=10", f"out={tmp_path / 'w.safetensors'}"]
-    proc = subprocess.run([sys.executable, "-m", "diffusion.tools.features", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    args = ["data=sprites", f"data.dir={sprite_dir}", f"fid_features.cache_dir={cache}", "fid_features.train.batch_size=32", "fid_features.train.min_steps=10", f"out={tmp_path / 'w.safetensors'}"]
+    proc = subprocess.run([sys.executable, "-m", "diffusion.tools.train_features", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, describe(proc)
     assert "version:  sprite-cnn-v1-" in proc.stdout and "accuracy:" in proc.stdout
     assert (tmp_path / "w.safetensors").is_file() and len(list(cache.glob("sprite-cnn-v1-*.safetensors"))) == 1
     bad = subprocess.run(
-        [sys.executable, "-m", "diffusion.tools.features", "data=sprites", f"data.dir={sprite_dir}", "data.labels=null", f"metrics.cache_dir={cache}"],
+        [sys.executable, "-m", "diffusion.tools.train_features", "data=sprites", f"data.dir={sprite_dir}", "data.labels=null", f"fid_features.cache_dir={cache}"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "metrics.feature_weights" in bad.stderr, describe(bad)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "fid_features.feature_weights" in bad.stderr, describe(bad)
 
 
 def test_noise_moves_features_more_than_nothing(sprites):

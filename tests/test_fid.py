@@ -114,7 +114,7 @@ def test_inception_without_weights_is_a_one_line_config_error(tmp_path, monkeypa
     with pytest.raises(ConfigError) as err:
         build_feature_net("inception")
     message = str(err.value)
-    assert "\n" not in message and "weights-inception-2015-12-05-6726825d.pth" in message and "metrics.inception_weights" in message
+    assert "\n" not in message and "weights-inception-2015-12-05-6726825d.pth" in message and "fid_features.inception_weights" in message
     with pytest.raises(ConfigError, match="no such file"):
         build_feature_net("inception", inception_weights=str(tmp_path / "nope.pth"))
     with pytest.raises(ConfigError, match="one of sprite, inception"):
@@ -160,6 +160,20 @@ def test_two_processes_give_the_single_process_figure(tmp_path, sprites, weights
 # -- the callback in a tiny training run ------------------------------------------------------------
 
 
+def test_experiment_ect_adds_one_named_sampler_to_the_fid_callback():
+    """experiment=ect measures the consistency sampler at 1 step (val/fid, fid.json) and, as one more entry of the
+    callback's samplers, at 2 steps (val/fid_2step, fid_2step.json), as the cloned callback did at 44e540d."""
+    from hydra.utils import instantiate
+
+    fid = instantiate(compose_config("train", ["paths.output_dir=.", "experiment=ect"]).callbacks.fid)
+    assert list(fid.samplers) == ["default", "2step"]
+    assert repr(fid.samplers["default"]) == "Sampler(consistency, steps=1, spacing=karras, nfe=1)"
+    assert repr(fid.samplers["2step"]) == "Sampler(consistency, steps=2, spacing=karras, nfe=2)"
+    assert fid.samplers["2step"].sigma_min == 0.821 and fid.history_path("2step").name == "fid_2step.json"
+    plain = instantiate(compose_config("train", ["paths.output_dir=."]).callbacks.fid)
+    assert list(plain.samplers) == ["default"] and plain.sampler.fn.endswith("sample_dpmpp_2m_sde") and plain.sampler.steps == 10
+
+
 def test_callback_logs_fid_in_a_tiny_run(tmp_path):
     from lightning.pytorch.loggers import CSVLogger
 
@@ -173,7 +187,7 @@ def test_callback_logs_fid_in_a_tiny_run(tmp_path):
     module = build_module(cfg, data.num_classes, data.image_size, data.class_names)
     fid = FIDCallback(
         dirpath=str(tmp_path),
-        sampler=Sampler("dpmpp_2m", steps=2, spacing="karras"),
+        samplers={"fast": Sampler("euler", steps=1), "default": Sampler("dpmpp_2m", steps=2, spacing="karras")},
         num_samples=30,
         batch_size=16,
         cache_dir=str(tmp_path / "features"),
@@ -195,8 +209,11 @@ def test_callback_logs_fid_in_a_tiny_run(tmp_path):
     )
     trainer.fit(module, datamodule=data)
 
-    for key in ("val/fid", "val/kid_mean", "val/kid_std", "val/fid_seconds"):
+    # the default sampler under the plain names, another entry under its own
+    for key in ("val/fid", "val/kid_mean", "val/kid_std", "val/fid_seconds", "val/fid_fast", "val/kid_mean_fast", "val/fid_seconds_fast"):
         assert key in trainer.callback_metrics and math.isfinite(float(trainer.callback_metrics[key])), key
+    fast = json.loads((tmp_path / "fid_fast.json").read_text())["history"]
+    assert [h["sampler"] for h in fast] == ["Sampler(euler, steps=1, spacing=schedule, nfe=1)"] * 2
     record = json.loads((tmp_path / "fid.json").read_text())
     assert record["features"].startswith(f"{ARCH_VERSION}-") and len(record["history"]) == 2
     assert [h["epoch"] for h in record["history"]] == [0, 1]
@@ -219,7 +236,7 @@ def test_evaluate_npz_and_png_folder(tmp_path, sprite_dir):
 
     images, _ = generate_sprites(40, seed=9)
     np.savez(tmp_path / "samples.npz", images=images, labels=np.zeros(40, dtype=np.int64))
-    overrides = ["data=sprites", f"data.dir={sprite_dir}", "data.val_fraction=0.25", "data.batch_size=16", f"metrics.cache_dir={tmp_path / 'cache'}", "metrics.train.batch_size=32", "metrics.train.min_steps=10"]
+    overrides = ["data=sprites", f"data.dir={sprite_dir}", "data.val_fraction=0.25", "data.batch_size=16", f"fid_features.cache_dir={tmp_path / 'cache'}", "fid_features.train.batch_size=32", "fid_features.train.min_steps=10"]
     cfg = compose_config("evaluate", overrides + [f"samples={tmp_path}"])  # a folder holding samples.npz
     report = evaluate(cfg)
     written = json.loads((tmp_path / "eval.json").read_text())
@@ -256,7 +273,7 @@ def test_callback_turns_itself_off_on_unlabelled_data(sprite_dir, tmp_path):
     data = NpySprites(dir=str(sprite_dir), labels=None, batch_size=16, val_fraction=0.1)
     trainer = SimpleNamespace(datamodule=data, world_size=1, is_global_zero=True, loggers=[], sanity_checking=False)
     callback = FIDCallback(dirpath=str(tmp_path), cache_dir=str(tmp_path))
-    with pytest.warns(UserWarning, match="metrics.feature_weights=PATH"):
+    with pytest.warns(UserWarning, match="fid_features.feature_weights=PATH"):
         callback.setup(trainer, None, "fit")
     assert callback.cadence.off and callback.quality is None and not callback.due(trainer)
     with pytest.raises(ConfigError, match="one of sprite, inception"):

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from diffusion.core.errors import ConfigError
+from diffusion.core.labels import class_cycle, class_mix, sample_labels
 from diffusion.data.datamodule import SpriteDataModule
 from diffusion.evaluation.fid_callback import FIDCallback
 from diffusion.tools.sample import parse_labels
-from diffusion.training.callbacks import class_cycle, class_mix, sample_labels
 
 COUNTS = [120, 50, 20, 10]  # an imbalanced toy label set: shares 0.6, 0.25, 0.1, 0.05
 
@@ -185,7 +185,8 @@ def test_sample_label_data_follows_the_stored_training_counts():
 def test_checkpoints_carry_the_class_counts_and_old_ones_still_load(tmp_path):
     from conftest import TINY_MODEL, compose_config
 
-    from diffusion.training.builders import build_module, module_from_checkpoint
+    from diffusion.training.builders import build_module
+    from diffusion.training.checkpoints import module_from_checkpoint
 
     cfg = compose_config("train", TINY_MODEL + [f"paths.output_dir={tmp_path}"])
     module = build_module(cfg, 4, 16, ["a", "b", "c", "d"], COUNTS)
@@ -203,8 +204,7 @@ def test_a_training_run_stores_its_counts_and_records_the_mix(tiny_run):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from diffusion.training.builders import module_from_checkpoint
-    from diffusion.training.checkpoints import load_checkpoint
+    from diffusion.training.checkpoints import load_checkpoint, module_from_checkpoint
 
     info = load_checkpoint(tiny_run.ckpt)["diffusion"]
     data = instantiate(OmegaConf.create(info["config"]).data)

@@ -100,3 +100,24 @@ def test_modules_stay_short():
         if (n := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert set(long) <= set(LONG_MODULES), f"modules over {MAX_LINES} lines: {long}"
+
+
+def shared_file_names(root: Path = PACKAGE) -> dict[str, list[str]]:
+    """Module file names used more than once in the package (a package's __init__/__main__ aside): one name, one
+    idea, so that a name in a traceback, an import or a search leads to one file."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        if path.name not in ("__init__.py", "__main__.py"):
+            seen.setdefault(path.name, []).append(str(path.relative_to(root)))
+    return {name: paths for name, paths in seen.items() if len(paths) > 1}
+
+
+def test_no_two_modules_share_a_file_name():
+    assert shared_file_names() == {}
+
+
+def test_the_file_name_check_catches_a_shared_name(tmp_path):
+    for folder in ("core", "tools"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "features.py").write_text("")
+    assert shared_file_names(tmp_path) == {"features.py": ["core/features.py", "tools/features.py"]}

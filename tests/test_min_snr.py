@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from diffusion.core.denoiser import Denoiser
+from diffusion.core.denoising_loss import DenoisingLoss
 from diffusion.core.errors import ConfigError
 from diffusion.core.objectives import EDMPreconditioning, EpsPrediction, VPrediction, X0Prediction
 from diffusion.core.schedules import LinearSchedule
@@ -51,7 +52,7 @@ def test_weighted_loss_is_min_snr_times_the_denoising_error(objective):
     s4 = sigma.reshape(-1, 1, 1, 1)
     denoised = denoiser(x0 + s4 * noise, sigma)
     expected = (sigma.pow(-2)).clamp(max=GAMMA) * (denoised - x0).pow(2).mean(dim=(1, 2, 3))
-    torch.testing.assert_close(denoiser.loss(x0, sigma, noise), expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(DenoisingLoss.at(denoiser, x0, sigma, noise), expected, rtol=1e-4, atol=1e-6)
 
 
 def test_off_by_default_leaves_the_loss_alone():

@@ -12,7 +12,7 @@ import torch
 
 from diffusion.core.errors import ConfigError
 from diffusion.training.ema import PostHocEMA
-from diffusion.training.posthoc_ema import (
+from diffusion.training.power_ema import (
     SIGMA_REL_MAX,
     gamma_to_sigma_rel,
     power_ema_update,
@@ -215,8 +215,7 @@ def test_train_writes_snapshots_and_the_tool_rebuilds_loadable_checkpoints(tmp_p
     from conftest import describe, run_script, write_sprites
 
     from diffusion.tools import posthoc_ema
-    from diffusion.training.builders import module_from_checkpoint
-    from diffusion.training.checkpoints import load_checkpoint
+    from diffusion.training.checkpoints import load_checkpoint, module_from_checkpoint
 
     data, run_dir = write_sprites(tmp_path / "data"), tmp_path / "run"
     proc = run_script("train.py", "data=sprites", f"data.dir={data}", f"hydra.run.dir={run_dir}", "callbacks=[default,posthoc_ema]",

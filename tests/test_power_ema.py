@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from torch.optim.swa_utils import AveragedModel
 
 from diffusion.training.ema import PowerEMA, power_ema
-from diffusion.training.posthoc_ema import gamma_to_sigma_rel, sigma_rel_to_gamma
+from diffusion.training.power_ema import gamma_to_sigma_rel, sigma_rel_to_gamma
 
 
 @pytest.mark.parametrize("sigma_rel", [0.05, 0.10, 0.25])

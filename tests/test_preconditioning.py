@@ -197,7 +197,8 @@ def _module(label_dropout: float, num_classes: int = 4):
     from diffusion.training.module import DiffusionModule
 
     return DiffusionModule(Recorder(num_classes=num_classes), LinearSchedule(T=10), EpsPrediction(),
-                           optimizer=torch.optim.Adam, sampler=Sampler("ddpm", steps=10), label_dropout=label_dropout)
+                           optimizer=torch.optim.Adam, sampler=Sampler("ddpm", steps=10), num_classes=num_classes, image_size=2,
+                           label_dropout=label_dropout)
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3])

@@ -11,6 +11,7 @@ import torch
 
 from diffusion.core import samplers
 from diffusion.core.denoiser import Denoiser, conditioned
+from diffusion.core.denoising_loss import DenoisingLoss
 from diffusion.core.errors import ConfigError
 from diffusion.core.objectives import EDMPreconditioning, EpsPrediction
 from diffusion.core.samplers.ancestral import sample_ddim
@@ -98,7 +99,8 @@ def test_loss_is_per_sample():
             return torch.zeros_like(x)
 
     noise = torch.stack([torch.full((3, 2, 2), 1.0), torch.full((3, 2, 2), 2.0)])
-    loss = Denoiser(Zero(), EpsPrediction(), LinearSchedule()).loss(torch.zeros(2, 3, 2, 2), torch.tensor([0.5, 0.5]), noise)
+    denoiser = Denoiser(Zero(), EpsPrediction(), LinearSchedule())
+    loss = DenoisingLoss.at(denoiser, torch.zeros(2, 3, 2, 2), torch.tensor([0.5, 0.5]), noise)
     assert loss.tolist() == [1.0, 4.0]  # |0 - eps|^2 per image
 
 

@@ -5,14 +5,14 @@ Two ways a checkpoint can carry code, both tried here against every command that
   refuses it (a grep-like test checks every ``torch.load`` and ``trainer.fit`` in the code asks for that);
 - a tampered stored config: the checkpoint keeps the run's config for ``sample.py`` to rebuild the model, and
   Hydra's ``instantiate`` would call any ``_target_`` it names (``os.system``...), weights_only or not, .ckpt
-  or .safetensors metadata alike -- ``builders.module_from_checkpoint`` builds only the framework's classes.
+  or .safetensors metadata alike -- ``checkpoints.module_from_checkpoint`` builds only the framework's classes.
 Each payload touches its own marker file, which must not appear. ``test_the_payload_is_live`` shows that the
 payload does run when loaded without those guards.
 
 train.py on a resume reads the checkpoint with ``load_checkpoint`` before Lightning does, and Lightning's own
 load is asked for weights_only=True too (Lightning 2.6 passes weights_only=None to ``torch.load``, which torch
 2.6+ takes as True unless TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set). ``python -m diffusion.tools.evaluate`` reads no
-model checkpoint, but with ``metrics.features=inception`` it reads an Inception weights file, which
+model checkpoint, but with ``fid_features.features=inception`` it reads an Inception weights file, which
 torch-fidelity loads with ``weights_only=False``: ``metrics.inception_weights_path`` checks it first.
 """
 
@@ -170,7 +170,7 @@ def test_sample_refuses_code_named_by_a_stored_config(tiny_run, tmp_path, capsys
 
 
 def test_evaluate_refuses_pickled_inception_weights(tiny_run, tmp_path, capsys):
-    """evaluate's body in-process: torch-fidelity would unpickle metrics.inception_weights without weights_only."""
+    """evaluate's body in-process: torch-fidelity would unpickle fid_features.inception_weights without weights_only."""
     from diffusion.tools.cli import reports_user_errors
     from diffusion.tools.evaluate import evaluate
 
@@ -178,8 +178,8 @@ def test_evaluate_refuses_pickled_inception_weights(tiny_run, tmp_path, capsys):
     weights = tmp_path / "inception.pth"
     torch.save({"fc.weight": torch.zeros(2, 2), "payload": Payload(marker)}, weights)
     cfg = compose_config("evaluate", [f"samples={tiny_run.run_dir / 'samples' / 'final.npz'}", "data=sprites",
-                                      f"data.dir={tiny_run.data_dir}", "metrics.features=inception",
-                                      f"metrics.inception_weights={weights}", f"out={tmp_path / 'eval.json'}",
+                                      f"data.dir={tiny_run.data_dir}", "fid_features.features=inception",
+                                      f"fid_features.inception_weights={weights}", f"out={tmp_path / 'eval.json'}",
                                       f"paths.root_dir={tmp_path}"])
     with pytest.raises(SystemExit) as info:
         reports_user_errors(evaluate)(cfg)

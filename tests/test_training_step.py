@@ -34,7 +34,8 @@ class Net(torch.nn.Module):
 
 def module(b: float = 0.5, label_dropout: float = 0.0, max_nonfinite_steps: int = 10, weight: float = 0.3):
     m = DiffusionModule(Net(weight), CosineSchedule(input_scale=b), VPrediction(), optimizer=torch.optim.Adam,
-                        sampler=Sampler("ddim", steps=3), label_dropout=label_dropout, max_nonfinite_steps=max_nonfinite_steps)
+                        sampler=Sampler("ddim", steps=3), num_classes=3, image_size=4, label_dropout=label_dropout,
+                        max_nonfinite_steps=max_nonfinite_steps)
     m.logged, m.log_options = {}, {}
 
     def log(name, value, **options):
@@ -114,7 +115,7 @@ def test_training_drops_labels_and_an_unconditional_net_gets_none():
     m = module(label_dropout=1.0)
     m.training_step(batch(), 0)
     assert m.denoiser.net.labels.tolist() == [3] * 6  # all replaced by the null class
-    m.denoiser.net.num_classes = 0
+    m.num_classes = 0  # the module knows the class count it was built for, not the network
     assert m._labels(torch.arange(6) % 3, drop=True) is None
 
 

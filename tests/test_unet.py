@@ -14,9 +14,9 @@ N_CLASSES = 5
 
 
 def model_from_config(name: str, overrides=(), **kwargs) -> UNet:
-    cfg = compose_config("train", [f"model={name}", *overrides])
+    cfg = compose_config("train", [f"network={name}", *overrides])
     torch.manual_seed(0)
-    return instantiate(cfg.model, **{"num_classes": N_CLASSES, "image_size": 16, **kwargs})
+    return instantiate(cfg.network, **{"num_classes": N_CLASSES, "image_size": 16, **kwargs})
 
 
 def perturb_output_layer(net: UNet) -> None:
@@ -46,7 +46,7 @@ def test_shipped_configs_keep_the_shape(name):
 
 
 def test_small_config_size():
-    """conf/model/small.yaml promises ~2.9M parameters."""
+    """conf/network/small.yaml promises ~2.9M parameters."""
     net = model_from_config("small")
     assert 2.5e6 < sum(p.numel() for p in net.parameters()) < 3.3e6
 
@@ -112,7 +112,7 @@ def test_gradients_reach_every_parameter():
         ("small", 18, ()),  # 3 levels: factor 4
         ("small", 10, ()),
         ("course", 15, ()),  # 2 levels: factor 2
-        ("small", 16, ("model.channel_mult=[1,2,2,2,2,2]",)),  # factor 32 > 16
+        ("small", 16, ("network.channel_mult=[1,2,2,2,2,2]",)),  # factor 32 > 16
     ],
 )
 def test_image_size_not_divisible_raises(name, image_size, overrides):

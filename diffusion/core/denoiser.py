@@ -14,7 +14,7 @@ from diffusion.core.schedules import Schedule
 DenoiserFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def _per_sample(sigma: Tensor, x: Tensor) -> Tensor:
+def per_sample(sigma: Tensor, x: Tensor) -> Tensor:
     """Broadcast a scalar or per-sample sigma to shape (batch, 1, 1, 1)."""
     return sigma.to(device=x.device, dtype=torch.float32).expand(x.shape[0]).reshape(-1, 1, 1, 1)
 
@@ -43,17 +43,9 @@ class Denoiser(nn.Module):
         return self.net(self.c_in(sigma) * x, self.schedule.c_noise(sigma).flatten(), labels).float()
 
     def forward(self, x: Tensor, sigma: Tensor, labels: Tensor | None = None) -> Tensor:
-        sigma = _per_sample(sigma, x)
+        sigma = per_sample(sigma, x)
         x = x.float()
         return self.objective.c_skip(sigma) * x + self.objective.c_out(sigma) * self.raw(x, sigma, labels)
-
-    def loss(self, x0: Tensor, sigma: Tensor, noise: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Per-sample mean squared error of F against the objective's target, times the objective's
-        ``loss_weight`` (1 unless Min-SNR weighting is on)."""
-        sigma = _per_sample(sigma, x0)
-        target = self.objective.target(x0, noise, sigma)
-        error = (self.raw(x0 + sigma * noise, sigma, labels) - target).pow(2).mean(dim=(1, 2, 3))
-        return self.objective.loss_weight(sigma).flatten() * error
 
 
 def conditioned(denoiser: Denoiser, labels: Tensor | None, guidance: float = 0.0, null_label: int | None = None) -> DenoiserFn:

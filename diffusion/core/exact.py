@@ -10,7 +10,7 @@ the "ideal denoiser").
 It needs no training, so a sampler run with it solves the true probability-flow ODE / reverse SDE of
 the data set: an accurate sampler returns (almost exactly) members of the set, and its error against a
 very fine solution of the same ODE measures the integrator alone. ``tests/test_exact_denoiser.py`` and
-``diffusion.tools.sampler_benchmark`` share the harness below.
+``diffusion.tools.sampler_accuracy`` share the harness below.
 """
 
 from __future__ import annotations

@@ -10,10 +10,15 @@ import torch
 from torch import Tensor
 
 
+def quantize(images: Tensor) -> Tensor:
+    """[-1, 1] tensors (N, 3, H, W) -> uint8 tensors of the same layout and device: the one rounding of generated
+    images, so that figures measured during training match those of saved samples."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 def to_uint8(images: Tensor) -> np.ndarray:
     """[-1, 1] tensors (N, 3, H, W) -> uint8 (N, H, W, 3), the layout of the course's sprite file."""
-    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).numpy()
+    return quantize(images).cpu().permute(0, 2, 3, 1).numpy()
 
 
 def grid(images: np.ndarray, ncols: int | None = None, scale: int = 4, pad: int = 1, pad_value: int = 255) -> np.ndarray:

@@ -13,14 +13,14 @@ data and settings give the same file name on any machine, and training is determ
 for a seed and a thread count.
 
 Data without labels: there is nothing to train a classifier on, so ``load_or_train`` raises a
-ConfigError asking for a network trained on a labelled set (``python -m diffusion.tools.features
-data=procedural``), passed as ``metrics.feature_weights=PATH``. FID with such a network still works
+ConfigError asking for a network trained on a labelled set (``python -m diffusion.tools.train_features
+data=procedural``), passed as ``fid_features.feature_weights=PATH``. FID with such a network still works
 on any 16x16 RGB images; it then measures what a sprite classifier sees.
 
 Command line::
 
-    python -m diffusion.tools.features                      # the default procedural data
-    python -m diffusion.tools.features data=sprites metrics.train.epochs=2 out=weights/sprites.safetensors
+    python -m diffusion.tools.train_features                      # the default procedural data
+    python -m diffusion.tools.train_features data=sprites fid_features.train.epochs=2 out=weights/sprites.safetensors
 """
 
 from __future__ import annotations
@@ -255,14 +255,14 @@ def load_weights(path: str | Path) -> SpriteFeatureNet:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(
-            f"feature-network weights {path} not found; train them with `python -m diffusion.tools.features data=...` "
-            "and pass the printed path as metrics.feature_weights=PATH"
+            f"feature-network weights {path} not found; train them with `python -m diffusion.tools.train_features data=...` "
+            "and pass the printed path as fid_features.feature_weights=PATH"
         )
-    state, metadata = read_safetensors(path, "retrain them with python -m diffusion.tools.features")
+    state, metadata = read_safetensors(path, "retrain them with python -m diffusion.tools.train_features")
     if metadata.get("arch") != ARCH_VERSION:
         raise ConfigError(
             f"{path} holds {metadata.get('arch', 'no known')} feature-network weights, not {ARCH_VERSION}; "
-            "retrain them with python -m diffusion.tools.features"
+            "retrain them with python -m diffusion.tools.train_features"
         )
     model = SpriteFeatureNet(int(metadata["num_classes"]), int(metadata["num_features"]))
     try:
@@ -294,8 +294,8 @@ def training_data(datamodule) -> tuple[Tensor, Tensor, list[str]]:
     if not class_names or (labels < 0).any():
         raise ConfigError(
             "this data set has no class labels, so the sprite feature network for FID cannot be trained on it; "
-            "train one on a labelled set (python -m diffusion.tools.features data=procedural) and pass its path as "
-            "metrics.feature_weights=PATH, or choose metrics.features=inception with local Inception weights"
+            "train one on a labelled set (python -m diffusion.tools.train_features data=procedural) and pass its path as "
+            "fid_features.feature_weights=PATH, or choose fid_features.features=inception with local Inception weights"
         )
     return images, labels, class_names
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -13,17 +14,17 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from diffusion.core.errors import ConfigError
+from diffusion.core.labels import LABEL_MIXES, sample_labels
 from diffusion.core.sampling import Sampler
 from diffusion.evaluation.metrics import ImageQuality, build_feature_net, check_feature_choice, describe, shard
 from diffusion.training.cadence import Cadence
-from diffusion.training.callbacks import LABEL_MIXES, sample_labels
 from diffusion.training.module import DiffusionModule
 from diffusion.training.precision import callback_bf16
 
 
 class FIDCallback(L.Callback):
     """At validations, every ``every_n_steps`` training steps or ``fraction`` of the run (and at the last
-    step; ``diffusion.training.cadence``), draw ``num_samples`` images with a fast ``sampler``, labels in the
+    step; ``diffusion.training.cadence``), draw ``num_samples`` images with each of ``samplers``, labels in the
     validation split's class mix (``labels="data"``, the mix of the reference images; ``"uniform"`` cycles over
     the classes), and log ``val/fid``, ``val/kid_mean``,
     ``val/kid_std`` and ``val/fid_seconds`` (the time the whole measurement took). Each measurement
@@ -45,7 +46,10 @@ class FIDCallback(L.Callback):
 
     Args:
         dirpath: folder of ``fid.json`` (the run directory).
-        sampler: the sampler for the FID samples (conf/callbacks/fid.yaml: DPM-Solver++(2M) SDE, 10 Karras steps).
+        samplers: named samplers, each measured on the same noise and labels: ``default`` (conf/callbacks/fid.yaml:
+            DPM-Solver++(2M) SDE, 10 Karras steps) logs ``val/fid``, ``val/kid_mean``... and writes ``fid.json``;
+            another entry NAME logs ``val/fid_NAME``, ``val/kid_mean_NAME``, ``val/fid_seconds_NAME`` and writes
+            ``fid_NAME.json`` (``experiment=ect`` adds ``2step``). One reference and one feature network serve all.
         num_samples: generated images per measurement (all processes together).
         every_n_steps: measure at the first validation after every n training steps; 0 turns the callback off.
         fraction: or measure every ``fraction`` of the run (0.5: half-way and at the end); 0 turns it off.
@@ -59,14 +63,12 @@ class FIDCallback(L.Callback):
         kid_subsets, kid_subset_size: KID's subsets (the size is capped by the image counts).
         precision: "trainer" samples under bf16 autocast when the run trains in bf16-mixed (1.8x faster on the
             2-core CPU, FID +0.5%), "32" always in float32, "bf16" always under autocast; fid.json records it.
-        suffix: appended to the logged names and to ``fid.json``, so that a second callback can measure another
-            sampler in the same run (``experiment=ect``: ``val/fid`` at 1 step, ``val/fid_2step`` at 2).
     """
 
     def __init__(
         self,
         dirpath: str,
-        sampler: Sampler | None = None,
+        samplers: dict[str, Sampler] | None = None,
         num_samples: int = 1000,
         every_n_steps: int | None = None,
         fraction: float | None = 0.5,
@@ -81,7 +83,6 @@ class FIDCallback(L.Callback):
         train_settings: dict[str, Any] | None = None,
         kid_subsets: int = 100,
         kid_subset_size: int = 1000,
-        suffix: str = "",
         precision: str = "trainer",
     ):
         check_feature_choice(features)
@@ -93,26 +94,40 @@ class FIDCallback(L.Callback):
         if labels not in LABEL_MIXES:
             raise ConfigError(f"callbacks.fid.labels={labels!r} must be one of {', '.join(LABEL_MIXES)}")
         self.dirpath, self.labels = Path(dirpath), labels
-        self.sampler = sampler or Sampler("dpmpp_2m", steps=20, spacing="karras")
+        samplers = dict(samplers or {"default": Sampler("dpmpp_2m", steps=20, spacing="karras")})
+        if "default" not in samplers:
+            raise ConfigError(f"callbacks.fid.samplers has no `default` entry (logged as val/fid), only {', '.join(map(str, samplers))}; add one")
+        for name in samplers:
+            if not re.fullmatch(r"[A-Za-z0-9_]+", str(name)):
+                raise ConfigError(f"callbacks.fid.samplers.{name}: a sampler's name goes into metric and file names; use letters, digits and _")
+        # the default first: its figures are the run's (val/fid), the others measured after it
+        self.samplers = {str(name): samplers[name] for name in sorted(samplers, key=lambda name: name != "default")}
         self.num_samples, self.seed = num_samples, seed
         self.cadence = Cadence(every_n_steps, fraction, "callbacks.fid")
         self.batch_size, self.guidance = batch_size, guidance
         self.features, self.feature_weights, self.inception_weights = features, feature_weights, inception_weights
         self.cache_dir, self.train_settings = cache_dir, dict(train_settings or {}) or None
         self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
-        self.suffix, self.precision = str(suffix), precision
+        self.precision = precision
         self.quality: ImageQuality | None = None
         self.version: str | None = None
-        self.history: list[dict[str, Any]] = []
+        self.histories: dict[str, list[dict[str, Any]]] = {name: [] for name in self.samplers}
 
     @property
-    def history_path(self) -> Path:
-        return self.dirpath / f"fid{self.suffix}.json"
+    def sampler(self) -> Sampler:
+        return self.samplers["default"]
 
     @property
-    def state_key(self) -> str:
-        # Lightning refuses two stateful callbacks with one key; the suffix tells them apart in checkpoints.
-        return self._generate_state_key(suffix=self.suffix) if self.suffix else super().state_key
+    def history(self) -> list[dict[str, Any]]:
+        return self.histories["default"]
+
+    @staticmethod
+    def suffix(name: str) -> str:
+        """What an entry's metric and file names carry: nothing for the default (val/fid, fid.json)."""
+        return "" if name == "default" else f"_{name}"
+
+    def history_path(self, name: str = "default") -> Path:
+        return self.dirpath / f"fid{self.suffix(name)}.json"
 
     # -- set-up: the feature network, identical on every process ----------------------------------
     def setup(self, trainer: L.Trainer, pl_module: DiffusionModule, stage: str) -> None:
@@ -136,16 +151,18 @@ class FIDCallback(L.Callback):
         self.version = self.quality.version
         if trainer.is_global_zero:
             # the version beside the figures: hparams.yaml, TensorBoard's hparams, the W&B config
-            hparams = {
-                "fid_features": self.version, f"fid{self.suffix}_num_samples": self.num_samples,
-                f"fid{self.suffix}_sampler": repr(self.sampler), f"fid{self.suffix}_labels": self.labels,
-                f"fid{self.suffix}_precision": "bf16" if self.samples_in_bf16(trainer) else "32",
-            }
+            hparams: dict[str, Any] = {"fid_features": self.version}
+            for name, sampler in self.samplers.items():
+                fid = f"fid{self.suffix(name)}"
+                hparams.update({
+                    f"{fid}_num_samples": self.num_samples, f"{fid}_sampler": repr(sampler), f"{fid}_labels": self.labels,
+                    f"{fid}_precision": "bf16" if self.samples_in_bf16(trainer) else "32",
+                })
             for logger in trainer.loggers:
                 logger.log_hyperparams(hparams)
 
     def samples_in_bf16(self, trainer: L.Trainer) -> bool:
-        return callback_bf16(self.precision, getattr(trainer, "precision", "32-true"), f"callbacks.fid{self.suffix}")
+        return callback_bf16(self.precision, getattr(trainer, "precision", "32-true"), "callbacks.fid")
 
     def unavailable(self, datamodule, world_size: int) -> str | None:
         """Why FID cannot be measured on this data (training goes on without it), or None."""
@@ -155,7 +172,7 @@ class FIDCallback(L.Callback):
         if self.features == "sprite" and not self.feature_weights and not getattr(datamodule, "num_classes", 0):
             return (
                 "the data have no class labels to train the sprite feature network on; train one on a labelled set "
-                "(python -m diffusion.tools.features data=procedural) and pass metrics.feature_weights=PATH"
+                "(python -m diffusion.tools.train_features data=procedural) and pass fid_features.feature_weights=PATH"
             )
         return None
 
@@ -215,16 +232,19 @@ class FIDCallback(L.Callback):
         self.cadence.done(trainer)
         if self.quality is None:
             self.setup(trainer, pl_module, "validate")
-        result = self.measure(trainer, pl_module)
-        for key in ("fid", "kid_mean", "kid_std", "seconds"):
-            name = f"val/fid_seconds{self.suffix}" if key == "seconds" else f"val/{key}{self.suffix}"
-            pl_module.log(name, float(result[key]), sync_dist=trainer.world_size > 1)
-        if trainer.is_global_zero:
-            self._record(trainer, result)
+        for name in self.samplers:
+            result = self.measure(trainer, pl_module, name)
+            suffix = self.suffix(name)
+            for key in ("fid", "kid_mean", "kid_std", "seconds"):
+                metric = f"val/fid_seconds{suffix}" if key == "seconds" else f"val/{key}{suffix}"
+                pl_module.log(metric, float(result[key]), sync_dist=trainer.world_size > 1)
+            if trainer.is_global_zero:
+                self._record(trainer, result, name)
 
     @torch.no_grad()
-    def measure(self, trainer: L.Trainer, pl_module: DiffusionModule) -> dict[str, Any]:
-        """Sample this process's share, update, compute over all processes; the reference first time."""
+    def measure(self, trainer: L.Trainer, pl_module: DiffusionModule, name: str = "default") -> dict[str, Any]:
+        """Sample this process's share with sampler ``name``, update, compute over all processes; the reference
+        the first time."""
         start = time.perf_counter()
         assert self.quality is not None
         self.quality.to(pl_module.device)
@@ -243,7 +263,7 @@ class FIDCallback(L.Callback):
         for offset in range(0, per_rank, self.batch_size):
             count = min(self.batch_size, per_rank - offset)
             labels = all_labels[first + offset : first + offset + count] if all_labels is not None else None
-            x = pl_module.sample(count, labels=labels, sampler=self.sampler, guidance=self.guidance, generator=generator, bf16=bf16)
+            x = pl_module.sample(count, labels=labels, sampler=self.samplers[name], guidance=self.guidance, generator=generator, bf16=bf16)
             self.quality.update_fake(x)
         result = self.quality.compute()
         self.quality.reset_fake()
@@ -251,28 +271,34 @@ class FIDCallback(L.Callback):
         result["precision"] = "bf16" if bf16 else "32"
         return result
 
-    def _record(self, trainer: L.Trainer, result: dict[str, Any]) -> None:
+    def _record(self, trainer: L.Trainer, result: dict[str, Any], name: str = "default") -> None:
         entry = {
             "epoch": trainer.current_epoch,
             "step": trainer.global_step,
             **{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in result.items()},
-            "sampler": repr(self.sampler),
+            "sampler": repr(self.samplers[name]),
             "features": self.version,
             "labels": self.labels,
         }
         entry["seconds"] = round(entry["seconds"], 2)
-        self.history.append(entry)
-        rank_zero_info(f"step {trainer.global_step}: {describe(result, self.version)}, {entry['seconds']} s")
+        self.histories[name].append(entry)
+        which = "" if name == "default" else f" ({name})"
+        rank_zero_info(f"step {trainer.global_step}{which}: {describe(result, self.version)}, {entry['seconds']} s")
         self.dirpath.mkdir(parents=True, exist_ok=True)
-        payload = {"features": self.version, "num_samples": self.num_samples, "labels": self.labels, "history": self.history}
-        tmp = self.history_path.with_suffix(".json.tmp")
+        payload = {"features": self.version, "num_samples": self.num_samples, "labels": self.labels, "history": self.histories[name]}
+        path = self.history_path(name)
+        tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
-        tmp.replace(self.history_path)
+        tmp.replace(path)
 
-    def state_dict(self) -> dict[str, Any]:  # in checkpoints: a resumed run continues its fid.json history and cadence
-        return {"history": self.history, "features": self.version, "cadence": self.cadence.state_dict()}
+    def state_dict(self) -> dict[str, Any]:  # in checkpoints: a resumed run continues its fid.json histories and cadence
+        others = {name: history for name, history in self.histories.items() if name != "default"}
+        return {"history": self.history, "features": self.version, "histories": others, "cadence": self.cadence.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict.get("history", []))
+        self.histories["default"] = list(state_dict.get("history", []))
+        for name, history in (state_dict.get("histories") or {}).items():
+            if name in self.histories:
+                self.histories[name] = list(history)
         if "cadence" in state_dict:
             self.cadence.load_state_dict(state_dict["cadence"])

@@ -1,12 +1,12 @@
 """FID and KID of generated sprites, through torchmetrics (in training) and torch-fidelity (offline).
 
-Feature networks (``metrics.features``):
+Feature networks (``fid_features.features``):
 
 * ``sprite`` (default): the framework's own sprite classifier (``diffusion.evaluation.features``); figures carry
   its version, ``sprite-cnn-v1-<hash8>``.
 * ``inception``: torch-fidelity's Inception-v3 (pool3, 2048 features), the network of published FIDs.
   Its weights are never downloaded: they must already be on this machine, either given as
-  ``metrics.inception_weights=PATH`` or in torch hub's cache, where torch-fidelity and torchmetrics
+  ``fid_features.inception_weights=PATH`` or in torch hub's cache, where torch-fidelity and torchmetrics
   would have put them (``$TORCH_HOME/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth``).
 
 Images: generated samples are [-1, 1] float tensors; they are turned into uint8 exactly as
@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from diffusion.core.errors import ConfigError
+from diffusion.data.images import quantize
 
 FEATURE_CHOICES = ("sprite", "inception")
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -35,15 +36,13 @@ INCEPTION_VERSION = "inception-v3-compat-2048"
 def to_uint8(x: Tensor) -> Tensor:
     """[-1, 1] images (N, 3, H, W) -> uint8 (N, 3, H, W) on the same device; uint8 input passes through.
 
-    The rounding is ``images.to_uint8``'s, so in-training figures match figures of saved samples."""
-    if x.dtype == torch.uint8:
-        return x
-    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    The rounding is ``images.quantize``, as for saved samples, so in-training figures match theirs."""
+    return x if x.dtype == torch.uint8 else quantize(x)
 
 
 def check_feature_choice(features: str) -> str:
     if features not in FEATURE_CHOICES:
-        raise ConfigError(f"unknown metrics.features={features!r}; choose one of {', '.join(FEATURE_CHOICES)}")
+        raise ConfigError(f"unknown fid_features.features={features!r}; choose one of {', '.join(FEATURE_CHOICES)}")
     return features
 
 
@@ -64,14 +63,14 @@ def inception_weights_path(path: str | Path | None = None) -> Path:
     if path:
         candidate = Path(path).expanduser()
         if not candidate.is_file():
-            raise ConfigError(f"metrics.inception_weights={path}: no such file; download {INCEPTION_URL} on a connected machine and pass its path")
+            raise ConfigError(f"fid_features.inception_weights={path}: no such file; download {INCEPTION_URL} on a connected machine and pass its path")
         check_weights_file(candidate)  # torch-fidelity reads it with torch.load(weights_only=False)
         return candidate
     candidate = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
     if not candidate.is_file():
         raise ConfigError(
-            f"metrics.features=inception needs {INCEPTION_FILE}, not found in {candidate.parent} and nothing is downloaded here; "
-            f"fetch {INCEPTION_URL} on a connected machine and pass metrics.inception_weights=PATH (or use metrics.features=sprite)"
+            f"fid_features.features=inception needs {INCEPTION_FILE}, not found in {candidate.parent} and nothing is downloaded here; "
+            f"fetch {INCEPTION_URL} on a connected machine and pass fid_features.inception_weights=PATH (or use fid_features.features=sprite)"
         )
     check_weights_file(candidate)
     return candidate
@@ -104,7 +103,7 @@ def build_feature_net(
     train_settings: dict[str, Any] | None = None,
     verbose: bool = False,
 ) -> nn.Module:
-    """The feature network ``metrics.features`` names, frozen, with ``version`` and ``info``."""
+    """The feature network ``fid_features.features`` names, frozen, with ``version`` and ``info``."""
     check_feature_choice(features)
     if features == "inception":
         net: nn.Module = InceptionFeatures(inception_weights_path(inception_weights))
@@ -112,7 +111,7 @@ def build_feature_net(
         from diffusion.evaluation.features import load_or_train
 
         if datamodule is None and not feature_weights:
-            raise ConfigError("the sprite feature network needs a data set to train on, or metrics.feature_weights=PATH")
+            raise ConfigError("the sprite feature network needs a data set to train on, or fid_features.feature_weights=PATH")
         net = load_or_train(datamodule, cache_dir, weights=feature_weights, settings=train_settings, verbose=verbose)
     return net.eval().requires_grad_(False)
 

@@ -109,12 +109,12 @@ class UNet(nn.Module):
         if image_size % 2 ** (levels - 1):
             raise ConfigError(
                 f"image size {image_size} is not divisible by the U-Net's down-sampling factor "
-                f"{2 ** (levels - 1)} (channel_mult has {levels} levels); use fewer levels in model.channel_mult"
+                f"{2 ** (levels - 1)} (channel_mult has {levels} levels); use fewer levels in network.channel_mult"
             )
         if any(base_channels * m % norm_groups for m in channel_mult):
             raise ConfigError(
-                f"model.base_channels={base_channels} times channel_mult={list(channel_mult)} must be divisible "
-                f"by model.norm_groups={norm_groups}"
+                f"network.base_channels={base_channels} times channel_mult={list(channel_mult)} must be divisible "
+                f"by network.norm_groups={norm_groups}"
             )
         self.num_classes = num_classes
         self.image_size = image_size

@@ -19,12 +19,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from diffusion.core.labels import class_cycle
 from diffusion.core.sampling import Sampler
 from diffusion.data import images
 from diffusion.tools.cli import integer_at_least, reports_user_errors
-from diffusion.training.builders import module_from_checkpoint
-from diffusion.training.callbacks import class_cycle
-from diffusion.training.checkpoints import load_checkpoint
+from diffusion.training.checkpoints import load_checkpoint, module_from_checkpoint
 
 
 def spread(x: torch.Tensor) -> float:

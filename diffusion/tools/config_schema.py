@@ -15,6 +15,7 @@ from __future__ import annotations
 from functools import cache
 
 from diffusion.core.denoiser import CLIP_MODES
+from diffusion.core.labels import LABEL_MIXES
 from diffusion.core.sampling import SPACINGS
 from diffusion.evaluation.metrics import FEATURE_CHOICES
 from diffusion.tools.config_types import (
@@ -30,9 +31,8 @@ from diffusion.tools.config_types import (
     Pattern,
     Str,
 )
-from diffusion.training.callbacks import LABEL_MIXES
 from diffusion.training.module import LR_SCHEDULES
-from diffusion.training.posthoc_ema import SIGMA_REL_MAX
+from diffusion.training.power_ema import SIGMA_REL_MAX
 from diffusion.training.precision import CALLBACK_PRECISIONS, SAMPLING_PRECISIONS
 from diffusion.training.progress_log import STYLES as PROGRESS_STYLES
 
@@ -196,9 +196,10 @@ _CHECKPOINT = {
 }
 _FID = {
     "_target_": Str(), "dirpath": PATH, "num_samples": Int(min=2), **_CADENCE, "seed": SEED, "batch_size": Int(min=1),
-    "guidance": NON_NEGATIVE, "precision": Choice(CALLBACK_PRECISIONS), "labels": Choice(LABEL_MIXES), "sampler": SAMPLER,
+    "guidance": NON_NEGATIVE, "precision": Choice(CALLBACK_PRECISIONS), "labels": Choice(LABEL_MIXES),
+    "samplers": Node(each=SAMPLER, always_closed=True),  # named samplers: `default` logs val/fid, NAME val/fid_NAME
     "features": FEATURES, "feature_weights": OPTIONAL_PATH, "inception_weights": OPTIONAL_PATH, "cache_dir": OPTIONAL_PATH,
-    "train_settings": Anything(), "kid_subsets": Int(min=1), "kid_subset_size": Int(min=2), "suffix": Str(),
+    "train_settings": Anything(), "kid_subsets": Int(min=1), "kid_subset_size": Int(min=2),
 }
 # Lightning's EMAWeightAveraging keys, shared by the framework's two EMAs.
 _AVERAGING = {"device": Str(null=True), "use_buffers": Bool(), "update_every_n_steps": Int(min=1),
@@ -275,9 +276,9 @@ TRAIN = Node(
         "validation": Node(_CADENCE, always_closed=True),
         "training": TRAINING,
         "final_samples": Node({"n": Int(min=1), "seed": SEED}, always_closed=True),
-        "data": DATA, "model": MODEL, "schedule": SCHEDULE, "objective": OBJECTIVE, "sampler": SAMPLER, "module": MODULE,
+        "data": DATA, "network": MODEL, "schedule": SCHEDULE, "objective": OBJECTIVE, "sampler": SAMPLER, "module": MODULE,
         "optimizer": OPTIMIZER, "trainer": TRAINER, "logger": Node(each=LOGGER, always_closed=True, null=True),
-        "metrics": METRICS, "callbacks": Node(each=CALLBACK, always_closed=True, null=True), "paths": PATHS,
+        "fid_features": METRICS, "callbacks": Node(each=CALLBACK, always_closed=True, null=True), "paths": PATHS,
         "hydra": Anything(),
     },
     always_closed=True,
@@ -297,12 +298,12 @@ EVALUATE = Node(
         "samples": PATH, "out": OPTIONAL_PATH, "reference": Choice(("val", "train")), "seed": SEED,
         "kid_subsets": Int(min=1), "kid_subset_size": Int(min=2), "prc_neighborhood": Int(min=1), "isc": Bool(),
         "batch_size": Int(min=1), "device": DEVICE, "wandb": Either((Bool(), Choice(("auto",)))),
-        "data": DATA, "paths": PATHS, "metrics": METRICS, "hydra": Anything(),
+        "data": DATA, "paths": PATHS, "fid_features": METRICS, "hydra": Anything(),
     },
     always_closed=True,
 )
 FEATURES_TOOL = Node(
-    {"seed": SEED, "out": OPTIONAL_PATH, "force": Bool(), "data": DATA, "paths": PATHS, "metrics": METRICS, "hydra": Anything()},
+    {"seed": SEED, "out": OPTIONAL_PATH, "force": Bool(), "data": DATA, "paths": PATHS, "fid_features": METRICS, "hydra": Anything()},
     always_closed=True,
 )
 SCHEMAS = {"train": TRAIN, "sample": SAMPLE, "evaluate": EVALUATE, "features": FEATURES_TOOL}

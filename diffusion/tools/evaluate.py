@@ -2,7 +2,7 @@
 
 Computes FID, KID, precision and recall (and, with the sprite network, an inception score over the
 sprite classes) of the samples against a split of the data set, with torch-fidelity and the feature
-network ``metrics.features`` names (default: the sprite classifier of ``diffusion.evaluation.features``,
+network ``fid_features.features`` names (default: the sprite classifier of ``diffusion.evaluation.features``,
 registered with torch-fidelity as a feature extractor). Writes JSON with the figures, the feature
 network's version (figures from different versions are not comparable) and the image counts.
 
@@ -12,12 +12,13 @@ holding ``samples.npz``; or a folder of PNG images, one sample per file.
 Examples:
     python -m diffusion.tools.evaluate samples=samples/samples.npz
     python -m diffusion.tools.evaluate samples=runs/x/samples/final.npz data=sprites out=eval.json
-    python -m diffusion.tools.evaluate samples=pngs/ metrics.features=inception metrics.inception_weights=PATH
+    python -m diffusion.tools.evaluate samples=pngs/ fid_features.features=inception fid_features.inception_weights=PATH
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import torch
 
 from diffusion.core.errors import ConfigError
 from diffusion.training.builders import CONF_DIR
+from diffusion.training.renamed_groups import renamed_overrides
 
 SPLITS = ("val", "train")
 
@@ -73,9 +75,9 @@ def evaluate(cfg) -> dict[str, Any]:
     from diffusion.tools.records import log_evaluation, save_config
 
     start = time.perf_counter()
-    sprite = check_feature_choice(cfg.metrics.features) == "sprite"
+    sprite = check_feature_choice(cfg.fid_features.features) == "sprite"
     if not sprite:
-        inception_weights_path(cfg.metrics.inception_weights)  # fail before any work
+        inception_weights_path(cfg.fid_features.inception_weights)  # fail before any work
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device=cuda asked for, but no CUDA GPU is available; use device=cpu")
@@ -97,15 +99,15 @@ def evaluate(cfg) -> dict[str, Any]:
     if sprite:  # the sprite network: trained on this data set's training split (cached) or the given file
         from diffusion.evaluation.features import load_or_train
 
-        settings = OmegaConf.to_container(cfg.metrics.train, resolve=True)
-        net = load_or_train(datamodule, cfg.metrics.cache_dir, weights=cfg.metrics.feature_weights, settings=settings, verbose=True)
+        settings = OmegaConf.to_container(cfg.fid_features.train, resolve=True)
+        net = load_or_train(datamodule, cfg.fid_features.cache_dir, weights=cfg.fid_features.feature_weights, settings=settings, verbose=True)
         weights, version = net.info["path"], net.version
     figures = fidelity_metrics(
         samples,
         reference,
-        features=cfg.metrics.features,
+        features=cfg.fid_features.features,
         feature_weights=weights,
-        inception_weights=cfg.metrics.inception_weights,
+        inception_weights=cfg.fid_features.inception_weights,
         kid_subsets=cfg.kid_subsets,
         kid_subset_size=cfg.kid_subset_size,
         prc=True,
@@ -155,6 +157,7 @@ def main() -> None:
         check_settings(cfg, "evaluate")
         evaluate(cfg)
 
+    sys.argv[1:] = renamed_overrides(sys.argv[1:])  # metrics= -> fid_features=, for one release
     run_hydra_main(run)
 
 

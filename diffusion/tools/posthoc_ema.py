@@ -24,9 +24,9 @@ import torch
 from diffusion.core.samplers.common import steps_for_nfe
 from diffusion.tools.cli import integer_at_least, reports_user_errors
 from diffusion.tools.sampler_fid import fid_labels, reference_quality, sample_images, sampler_for
-from diffusion.training.builders import module_from_checkpoint, sampler_from_conf, sampler_names
-from diffusion.training.checkpoints import export_safetensors, load_checkpoint
-from diffusion.training.posthoc_ema import reconstruct, snapshot_index
+from diffusion.training.builders import sampler_from_conf, sampler_names
+from diffusion.training.checkpoints import export_safetensors, load_checkpoint, module_from_checkpoint
+from diffusion.training.power_ema import reconstruct, snapshot_index
 from diffusion.training.precision import sampling_in_bf16
 
 

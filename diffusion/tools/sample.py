@@ -10,13 +10,13 @@ from omegaconf import DictConfig
 from rich.progress import Progress
 
 from diffusion.core.errors import ConfigError
+from diffusion.core.labels import class_cycle, sample_labels
 from diffusion.data import images
 from diffusion.tools.records import save_config
-from diffusion.training.builders import build_sampler, module_from_checkpoint
-from diffusion.training.callbacks import class_cycle, sample_labels
-from diffusion.training.checkpoints import load_checkpoint
+from diffusion.training.builders import build_sampler
+from diffusion.training.checkpoints import load_checkpoint, module_from_checkpoint
 from diffusion.training.module import DiffusionModule
-from diffusion.training.precision import sampling_in_bf16
+from diffusion.training.precision import pick_device, sampling_in_bf16
 
 
 def parse_labels(label, n: int, module: DiffusionModule) -> torch.Tensor | None:
@@ -43,14 +43,6 @@ def parse_labels(label, n: int, module: DiffusionModule) -> torch.Tensor | None:
             f"0..{module.num_classes - 1}, data (the training data's class mix) or uncond"
         )
     return torch.full((n,), index, dtype=torch.long)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device=cuda asked for, but no CUDA GPU is available; use device=cpu")
-    return torch.device(name)
 
 
 def sample_to_folder(cfg: DictConfig) -> Path:

@@ -25,13 +25,13 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from diffusion.core.errors import ConfigError
+from diffusion.core.labels import LABEL_MIXES, sample_labels
 from diffusion.core.samplers.common import model_evaluations, steps_for_nfe
 from diffusion.core.sampling import Sampler
 from diffusion.evaluation.metrics import ImageQuality, build_feature_net
 from diffusion.tools.cli import integer_at_least, reports_user_errors
-from diffusion.training.builders import module_from_checkpoint, sampler_from_conf, sampler_names
-from diffusion.training.callbacks import LABEL_MIXES, sample_labels
-from diffusion.training.checkpoints import load_checkpoint
+from diffusion.training.builders import sampler_from_conf, sampler_names
+from diffusion.training.checkpoints import load_checkpoint, module_from_checkpoint, stored_config
 from diffusion.training.precision import sampling_in_bf16
 
 
@@ -102,13 +102,13 @@ def fid_labels(module, datamodule, n: int, mix: str = "data") -> torch.Tensor | 
 def reference_quality(checkpoint: dict, kid_subsets: int = 100):
     """FID/KID as the checkpoint's training measured them: its data's validation split as the reference set, its
     feature network. Returns the metric, its reference already added, and the data module."""
-    config = OmegaConf.create(checkpoint["diffusion"]["config"])
+    config = stored_config(checkpoint["diffusion"])  # today's names: fid_features was metrics at 44e540d
     datamodule = instantiate(config.data)
     datamodule.prepare_data()
-    metrics = config.metrics
+    fid_features = config.fid_features
     feature = build_feature_net(
-        metrics.features, datamodule, metrics.feature_weights, metrics.inception_weights, metrics.cache_dir,
-        OmegaConf.to_container(metrics.train, resolve=True),
+        fid_features.features, datamodule, fid_features.feature_weights, fid_features.inception_weights, fid_features.cache_dir,
+        OmegaConf.to_container(fid_features.train, resolve=True),
     )
     quality = ImageQuality(feature, kid_subsets=kid_subsets)
     quality.update_real(datamodule.real_images("val"))

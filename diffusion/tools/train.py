@@ -17,15 +17,17 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from diffusion.core.labels import class_cycle
 from diffusion.data import images
 from diffusion.training import tracking
-from diffusion.training.builders import apply_speed_options, build_module, initialize_from
+from diffusion.training.builders import apply_speed_options, build_module
 from diffusion.training.cadence import apply_validation_cadence
-from diffusion.training.callbacks import StepCheckpoint, class_cycle
+from diffusion.training.callbacks import StepCheckpoint
 from diffusion.training.checkpoints import (
     check_compatible,
     check_run_dir,
     export_safetensors,
+    initialize_from,
     load_checkpoint,
     resolve_ckpt_path,
 )

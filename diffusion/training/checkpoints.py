@@ -1,4 +1,6 @@
-"""Reading checkpoints safely: tensors and plain containers only, never code (``weights_only=True``)."""
+"""Checkpoints: where a run keeps and resumes them, reading them safely (tensors and plain containers only, never
+code: ``weights_only=True``), and restoring a trained model from one (the allow-list of what a stored config may
+name, the aliases of older layouts, ``init_from``)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from diffusion.core.errors import ConfigError
+from diffusion.training.builders import CONF_DIR, build_module
+from diffusion.training.module import DiffusionModule
+from diffusion.training.renamed_groups import renamed_keys
 
 
 def check_run_dir(run_dir: Path, resuming: bool) -> None:
@@ -139,5 +145,126 @@ def check_compatible(module: nn.Module, state_dict: dict[str, torch.Tensor], pat
         example = (wrong or missing or unexpected)[0]
         raise ConfigError(
             f"checkpoint {path} was trained with a different model config ({len(missing)} missing, {len(unexpected)} "
-            f"unexpected, {len(wrong)} mis-shaped tensors, e.g. {example}); use the model= settings it was trained with"
+            f"unexpected, {len(wrong)} mis-shaped tensors, e.g. {example}); use the network= settings it was trained with"
         )
+
+
+# The only code a checkpoint's stored config may name unless the user trusts more: classes and functions of these
+# modules. Loading with weights_only=True keeps pickles from running code, but Hydra's instantiate would call any
+# `_target_` (os.system, builtins.exec, ...) that a tampered config -- .ckpt or .safetensors metadata -- names.
+CHECKPOINT_MODULES = (
+    "diffusion.nets.", "diffusion.core.schedules", "diffusion.core.objectives", "diffusion.core.sampling",
+    "diffusion.core.denoising_loss", "diffusion.core.consistency_tuning", "diffusion.core.samplers.", "diffusion.training.module", "torch.optim",
+)
+BUILT_FROM_CONFIG = ("module", "network", "schedule", "objective", "optimizer", "sampler")
+# Where the classes of older checkpoints moved (the split into layers; one file name per module): old prefix -> new.
+MOVED = {
+    "diffusion.unet.": "diffusion.nets.unet.",
+    "diffusion.schedules.": "diffusion.core.schedules.",
+    "diffusion.objectives.": "diffusion.core.objectives.",
+    "diffusion.sampling.": "diffusion.core.sampling.",
+    "diffusion.module.": "diffusion.training.module.",
+    "diffusion.core.consistency.": "diffusion.core.consistency_tuning.",
+}
+
+
+def _allowed(path: str, trusted: tuple[str, ...]) -> bool:
+    return any(path == prefix or path.startswith(prefix if prefix.endswith(".") else prefix + ".") for prefix in trusted)
+
+
+def check_checkpoint_targets(node: Any, where: str, trusted: tuple[str, ...] = ()) -> None:
+    """Refuse a stored config naming code (a ``_target_``, a sampler ``fn``) outside ``CHECKPOINT_MODULES`` and the
+    modules the user chose to ``trust``."""
+    import importlib
+
+    allowed_prefixes = CHECKPOINT_MODULES + tuple(trusted)
+    if isinstance(node, dict):
+        for key in ("_target_", "fn"):
+            target = node.get(key)
+            if target is None or (key == "fn" and "." not in str(target)):  # a short sampler name is ours
+                continue
+            module_name, _, name = str(target).rpartition(".")
+            ok = _allowed(module_name, allowed_prefixes)
+            if ok and not _allowed(module_name, tuple(trusted)):
+                obj = getattr(importlib.import_module(module_name), name, None)
+                ok = isinstance(obj, type) or (key == "fn" and callable(obj))
+            if not ok:
+                raise ConfigError(
+                    f"refusing to build {where}.{key}={target!r} named by the checkpoint's config: only classes of "
+                    f"the framework are built from a checkpoint; if you trust that code, add trust=[{module_name.split('.')[0]}]"
+                )
+        for key, value in node.items():
+            check_checkpoint_targets(value, f"{where}.{key}", trusted)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            check_checkpoint_targets(value, f"{where}[{i}]", trusted)
+
+
+def upgrade_config(node: Any) -> Any:
+    """A stored config of an older checkpoint in today's terms: moved ``_target_`` paths, samplers named by
+    ``name`` instead of ``fn``, and the ``module`` node that older configs did not have."""
+    if isinstance(node, list):
+        return [upgrade_config(value) for value in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: upgrade_config(value) for key, value in node.items()}
+    target = node.get("_target_")
+    if isinstance(target, str):
+        for old, new in MOVED.items():
+            if target.startswith(old):
+                node["_target_"] = new + target[len(old):]
+        if node["_target_"] == "diffusion.core.sampling.Sampler" and "fn" not in node:
+            node["fn"] = node.pop("name")  # a short name, resolved by core.samplers.by_name
+    return node
+
+
+def stored_config(info: dict[str, Any]) -> DictConfig:
+    """The stored config with a ``module`` node: today's conf/module/default.yaml for configs from before it, less
+    the settings that config predates (``training.max_nonfinite_steps``...), which keep DiffusionModule's defaults."""
+    config = renamed_keys(upgrade_config(info["config"]))
+    if "module" in config:
+        return OmegaConf.create(config)
+    merged = OmegaConf.merge({"module": OmegaConf.load(CONF_DIR / "module" / "default.yaml")}, config)
+    for key in list(merged.module):
+        try:
+            OmegaConf.select(merged, f"module.{key}", throw_on_missing=True)
+        except Exception:  # noqa: BLE001 - omegaconf's missing-key and interpolation errors alike
+            del merged.module[key]
+    return merged
+
+
+def module_from_checkpoint(checkpoint: dict[str, Any], trust: tuple[str, ...] | list[str] = ()) -> DiffusionModule:
+    """Rebuild a trained module from the config stored in its checkpoint (EMA weights when present:
+    Lightning's weight-averaging callback stores the average as ``state_dict``). ``trust``: module prefixes
+    (``mypkg``) whose code the stored config may name besides the framework's own."""
+    info = checkpoint["diffusion"]
+    cfg = stored_config(info)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for key in BUILT_FROM_CONFIG:
+        check_checkpoint_targets(plain.get(key), key, tuple(trust or ()))
+    module = build_module(cfg, len(info["class_names"]), info["image_size"], info["class_names"], info.get("class_counts"))
+    module.load_state_dict(checkpoint["state_dict"])
+    return module
+
+
+def initialize_from(module: DiffusionModule, path: str | Path) -> None:
+    """Load a trained model's weights (the EMA average, the checkpoint's ``state_dict``) into ``module`` before a
+    new run, e.g. the diffusion model that consistency tuning starts from. The checkpoint must describe the same
+    network, noise conditioning and preconditioning, or its weights would mean something else here."""
+    checkpoint = load_checkpoint(path)
+    info = checkpoint["diffusion"]
+    teacher = OmegaConf.to_container(stored_config(info), resolve=True)
+    run = module.config
+    for key in ("objective", "schedule"):
+        theirs, ours = (teacher.get(key) or {}).get("_target_"), (run.get(key) or {}).get("_target_")
+        if key == "objective" and theirs == ours:
+            theirs, ours = teacher[key], run[key]  # sigma_data too
+        if theirs != ours:
+            raise ConfigError(
+                f"init_from={path} was trained with {key} {theirs}, this run uses {ours}; set {key}= to the checkpoint's "
+                "(experiment=ect fine-tunes a model trained with schedule=edm objective=edm)"
+            )
+    if info.get("image_size") != module.image_size:
+        raise ConfigError(f"init_from={path} was trained on {info.get('image_size')}-pixel images, this run's data are {module.image_size}; use the same data")
+    check_compatible(module, checkpoint["state_dict"], path)
+    module.load_state_dict(checkpoint["state_dict"])

@@ -37,7 +37,7 @@ def ema_with_warmup(decay: float):
 
 def power_ema(gamma: float):
     """An ``AveragedModel`` averaging function: the power-function EMA, beta(t) = (1 - 1/t)^(gamma + 1) at the
-    t-th update (EDM2, eq. 3 with t the step; ``training.posthoc_ema.power_ema_beta``), computed on the device
+    t-th update (EDM2, eq. 3 with t the step; ``training.power_ema.power_ema_beta``), computed on the device
     without a host round trip."""
 
     def average(averaged: Tensor, current: Tensor, num_averaged: Tensor) -> Tensor:
@@ -55,7 +55,7 @@ class PowerEMA(EMAWeightAveraging):
     share of the run at every step. Updates every optimizer step from the first."""
 
     def __init__(self, sigma_rel: float = 0.10, **kwargs):
-        from diffusion.training.posthoc_ema import SIGMA_REL_MAX, sigma_rel_to_gamma
+        from diffusion.training.power_ema import SIGMA_REL_MAX, sigma_rel_to_gamma
 
         if isinstance(sigma_rel, bool) or not isinstance(sigma_rel, (int, float)) or not 0 < sigma_rel < SIGMA_REL_MAX:
             raise ConfigError(f"callbacks.ema.sigma_rel={sigma_rel} must be a number in (0, {SIGMA_REL_MAX:.3f}) "
@@ -79,7 +79,7 @@ class EMA(EMAWeightAveraging):
 
 class PostHocEMA(L.Callback):
     """Power-function EMAs of the weights, one per ``sigma_rel``, saved as snapshots for post-hoc EMA (Karras et
-    al. 2024, sec. 3; the math is in ``training.posthoc_ema``).
+    al. 2024, sec. 3; the math is in ``training.power_ema``).
 
     Every ``every_n_steps`` optimizer steps (default: the run's steps / ``num_snapshots``) and when training
     ends, each average is written to ``<dirpath>/step_XXXXXXXX-sigma_rel_S.safetensors`` with the checkpoint
@@ -90,7 +90,7 @@ class PostHocEMA(L.Callback):
 
     def __init__(self, dirpath: str, sigma_rels: tuple[float, ...] = (0.05, 0.10), num_snapshots: int = 16,
                  every_n_steps: int | None = None):
-        from diffusion.training.posthoc_ema import sigma_rel_to_gamma
+        from diffusion.training.power_ema import sigma_rel_to_gamma
 
         if not sigma_rels:
             raise ConfigError("callbacks.posthoc_ema.sigma_rels is empty; give two, e.g. [0.05, 0.10]")
@@ -118,7 +118,7 @@ class PostHocEMA(L.Callback):
             self.averages = [{k: v.to(pl_module.device) for k, v in avg.items()} for avg in self.averages]
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
-        from diffusion.training.posthoc_ema import power_ema_update
+        from diffusion.training.power_ema import power_ema_update
 
         if trainer.global_step == self.step:  # no optimizer step (gradient accumulation)
             return
@@ -139,7 +139,7 @@ class PostHocEMA(L.Callback):
 
     def _save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from diffusion.training.checkpoints import export_safetensors
-        from diffusion.training.posthoc_ema import snapshot_name
+        from diffusion.training.power_ema import snapshot_name
 
         self.saved_at = self.step
         if not trainer.is_global_zero:

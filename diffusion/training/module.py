@@ -10,13 +10,39 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from diffusion.core.denoiser import Denoiser
+from diffusion.core.denoiser import Denoiser, per_sample
+from diffusion.core.denoising_loss import DenoisingLoss
 from diffusion.core.errors import ConfigError, TrainingDiverged
 from diffusion.core.objectives import Objective
 from diffusion.core.sampling import Sampler, generate
 from diffusion.core.schedules import Schedule
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+NETWORK_CONTRACT = "a network is called as net(x, c_noise, labels) and returns a tensor of x's shape (docs/architecture.md)"
+
+
+def check_network(denoiser: Denoiser, num_classes: int, image_size: int) -> None:
+    """Refuse, in one line and before any training step, a network that breaks ``NETWORK_CONTRACT``: a dry forward
+    pass on two images, labelled with the first class and the null class (``num_classes``; None when unconditional).
+    It runs in eval mode, without gradients and with the CPU generator's state restored afterwards, so a run draws
+    the same random numbers with the check as without it."""
+    net = denoiser.net
+    x = torch.zeros(2, 3, image_size, image_size)
+    labels = torch.tensor([0, num_classes]) if num_classes else None
+    was_training = net.training
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            net.eval()
+            output = denoiser.raw(x, per_sample(torch.ones(()), x), labels)
+    except (TypeError, RuntimeError, IndexError, ValueError) as err:
+        detail = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"network {type(net).__name__} failed a dry run on {image_size}x{image_size} images with {num_classes} classes ({detail}); {NETWORK_CONTRACT}") from None
+    finally:
+        net.train(was_training)
+    if tuple(output.shape) != tuple(x.shape):
+        raise ConfigError(f"network {type(net).__name__} returned shape {tuple(output.shape)} for input {tuple(x.shape)}; {NETWORK_CONTRACT}")
 
 
 class DiffusionModule(L.LightningModule):
@@ -27,15 +53,18 @@ class DiffusionModule(L.LightningModule):
         schedule, objective: see ``schedules`` and ``objectives``.
         optimizer: a partial taking the parameters (``_partial_: true`` in the config).
         sampler: the default sampler for ``sample``.
+        num_classes, image_size: what the network was built for (the data decides them: ``builders.build_module``);
+            the network's contract is checked against them at construction (``check_network``).
         lr_warmup_steps: linear learning-rate warm-up from 0.
         lr_schedule: after warm-up, "constant", "linear" decay to 0 (the course) or "cosine".
         label_dropout: probability of replacing a label with the null class, which trains the
             unconditional model that classifier-free guidance needs.
         max_nonfinite_steps: consecutive steps with a NaN/inf loss that are skipped (no update) before
             training stops with an error; the weights, and so every checkpoint, stay finite.
-        method: a training method other than denoising, a callable ``method(denoiser, x0, labels, step, generator)``
-            returning per-sample losses, with a ``check(denoiser)`` that refuses parts it cannot train (e.g.
-            ``core.consistency.ConsistencyTuning``); None trains the denoiser (``Denoiser.loss``).
+        method: the training method (``training.method``), a callable ``method(denoiser, x0, labels, step,
+            generator)`` returning per-sample losses, with a ``check(denoiser)`` that refuses parts it cannot train:
+            ``core.denoising_loss.DenoisingLoss`` (None, as checkpoints before issue 20 store it, means this one) or
+            ``core.consistency_tuning.ConsistencyTuning``.
         class_names: names of the context classes, kept in the checkpoint for ``sample.py label=NAME``.
         config: the resolved run config, stored in checkpoints so they can be rebuilt without it.
     """
@@ -47,10 +76,12 @@ class DiffusionModule(L.LightningModule):
         objective: Objective,
         optimizer: Callable[..., torch.optim.Optimizer],
         sampler: Sampler,
+        num_classes: int,
+        image_size: int,
         lr_warmup_steps: int = 0,
         lr_schedule: str = "constant",
         label_dropout: float = 0.1,
-        max_nonfinite_steps: int = 10,
+        max_nonfinite_steps: int = 10,  # for code building a module itself; runs take training.max_nonfinite_steps
         method: Callable[..., Tensor] | None = None,
         class_names: list[str] | None = None,
         config: dict[str, Any] | None = None,
@@ -61,9 +92,10 @@ class DiffusionModule(L.LightningModule):
         if not 0 <= label_dropout <= 1:
             raise ConfigError(f"label_dropout={label_dropout} must be in [0, 1]")
         self.denoiser = Denoiser(net, objective, schedule)
-        if method is not None:
-            method.check(self.denoiser)
-        self.method = method
+        self.num_classes, self.image_size = int(num_classes), int(image_size)
+        check_network(self.denoiser, self.num_classes, self.image_size)
+        self.method = method if method is not None else DenoisingLoss()
+        self.method.check(self.denoiser)
         self.optimizer_factory = optimizer
         self.sampler = sampler
         self.lr_warmup_steps, self.lr_schedule, self.label_dropout = lr_warmup_steps, lr_schedule, label_dropout
@@ -76,14 +108,6 @@ class DiffusionModule(L.LightningModule):
     @property
     def schedule(self) -> Schedule:
         return self.denoiser.schedule
-
-    @property
-    def num_classes(self) -> int:
-        return getattr(self.denoiser.net, "num_classes", 0)
-
-    @property
-    def image_size(self) -> int:
-        return self.denoiser.net.image_size
 
     def _labels(self, labels: Tensor, drop: bool) -> Tensor | None:
         """The labels the network sees: an unlabelled image (-1) is the null class (index ``num_classes``), the
@@ -117,12 +141,8 @@ class DiffusionModule(L.LightningModule):
         return loss
 
     def loss(self, x0: Tensor, labels: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
-        """Per-sample training loss: the method's, or the denoiser's at the schedule's noise levels."""
-        if self.method is not None:
-            return self.method(self.denoiser, x0, labels, step=self.global_step, generator=generator)
-        sigma = self.schedule.sample_sigma(x0.shape[0], generator=generator).to(x0.device)
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device) if generator is not None else torch.randn_like(x0)
-        return self.denoiser.loss(x0, sigma, noise, labels)
+        """Per-sample training loss of the configured training method."""
+        return self.method(self.denoiser, x0, labels, step=self.global_step, generator=generator)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x0, labels = batch
@@ -154,7 +174,7 @@ class DiffusionModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def checkpoint_info(self) -> dict[str, Any]:
-        """What ``builders.module_from_checkpoint`` needs besides the weights, and the training data's class counts
+        """What ``checkpoints.module_from_checkpoint`` needs besides the weights, and the training data's class counts
         (``sample.py label=data``; checkpoints from before them load without)."""
         info = {"config": self.config, "class_names": self.class_names, "image_size": self.image_size}
         if self.class_counts is not None:

@@ -1,4 +1,5 @@
-"""Where bf16 autocast pays: training (``trainer.precision=auto``) and sampling (``precision=auto``)."""
+"""Where the work runs (``pick_device``) and where bf16 autocast pays: training (``trainer.precision=auto``) and
+sampling (``precision=auto``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,16 @@ import torch
 from diffusion.core.errors import ConfigError
 
 SAMPLING_PRECISIONS = ("auto", "32", "bf16")
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: the GPU where there is one, else the CPU; a CUDA device asked for on a machine without one is a
+    one-line error (sample.py's ``device=``, the throughput bench's ``--device``)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} asked for, but no CUDA GPU is available; use device=cpu")
+    return torch.device(name)
 
 
 def fast_bf16_available(device_type: str = "auto") -> bool:

@@ -1,8 +1,8 @@
 """Throughput of this framework's training and sampling, side by side with a course-style pipeline.
 
-    python -m diffusion.tools.bench [--model small|course|large] [--batch 100] [--steps 20] [--precision 32|bf16|auto]
+    python -m diffusion.tools.throughput [--model small|course|large] [--batch 100] [--steps 20] [--precision 32|bf16|auto]
                               [--device auto|cpu|cuda] [--channels-last] [--compile] [--quick] [--json PATH]
-                              [hydra overrides, e.g. model.base_channels=48]
+                              [hydra overrides, e.g. network.base_channels=48]
 
 Method. Everything is measured in one process and side by side: each contender is built once and warmed
 up (warm-up steps, which include torch.compile's compilation, are never timed), then the contenders take
@@ -82,22 +82,23 @@ from pathlib import Path
 import torch
 
 from diffusion.data.procedural import generate_sprites
-from diffusion.tools.bench.contenders import compare_training
-from diffusion.tools.bench.machine import OtherLoad, describe_machine, pick_device, pick_precision
-from diffusion.tools.bench.measure import PeakMemory, Plan, compose_config, fresh_module
-from diffusion.tools.bench.operators import convolution_bound, forward_flops_per_image
-from diffusion.tools.bench.report import format_report, sampling_rows, training_ratios, training_rows
-from diffusion.tools.bench.sampling import FAST_SAMPLERS, compare_sampling, sampling_precisions  # noqa: F401
 from diffusion.tools.cli import integer_at_least
+from diffusion.tools.throughput.contenders import compare_training
+from diffusion.tools.throughput.machine import OtherLoad, describe_machine, pick_precision
+from diffusion.tools.throughput.measure import PeakMemory, Plan, compose_config, fresh_module
+from diffusion.tools.throughput.operators import convolution_bound, forward_flops_per_image
+from diffusion.tools.throughput.report import format_report, sampling_rows, training_ratios, training_rows
+from diffusion.tools.throughput.sampler_timing import FAST_SAMPLERS, compare_sampling, sampling_precisions  # noqa: F401
+from diffusion.training.precision import pick_device
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m diffusion.tools.bench",  # not argv[0], which is bench/__main__.py
+        prog="python -m diffusion.tools.throughput",  # not argv[0], which is throughput/__main__.py
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", default="small", help="a conf/model config: small, course or large")
+    parser.add_argument("--model", default="small", help="a conf/network config: small, course or large")
     parser.add_argument("--batch", type=integer_at_least(1), default=100, help="training batch size")
     parser.add_argument("--steps", type=integer_at_least(1), default=20,
                         help="fast samplers' model evaluations (NFE); the full run also does half")
@@ -112,7 +113,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="images per sampling run (default 256 on CUDA, 32 on CPU, 16 on CPU with --quick)")
     parser.add_argument("--threads", type=integer_at_least(1), default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", type=Path, help="also write the JSON result here")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config, e.g. model.base_channels=48")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config, e.g. network.base_channels=48")
     return parser.parse_args(argv)
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from diffusion.core.denoiser import Denoiser
+from diffusion.core.denoising_loss import noise_like
 from diffusion.core.errors import ConfigError
 from diffusion.core.objectives import EDMPreconditioning
 from diffusion.core.schedules import EDMSchedule
@@ -98,6 +99,7 @@ class ConsistencyTuning:
         z = torch.randn(n, generator=generator, device="cpu")
         return (self.P_mean + self.P_std * z).exp().to(device)
 
+    # The signature of every training method (docs/architecture.md), repeated by design in denoising_loss.
     def __call__(
         self,
         denoiser: Denoiser,
@@ -109,7 +111,7 @@ class ConsistencyTuning:
         """Per-sample loss of a batch x0 at optimiser step ``step``; ``generator`` fixes t and eps (validation)."""
         t = self.sample_t(x0.shape[0], x0.device, generator)
         r = ect_r(t, self.stage(step), self.q, self.k, self.b)
-        eps = torch.randn(x0.shape, generator=generator).to(x0.device) if generator is not None else torch.randn_like(x0)
+        eps = noise_like(x0, generator)
         x0 = x0.float()
         # Replaying the RNG gives f(x_r) the dropout mask of f(x_t) (ECT's "shared dropout mask").
         devices = [x0.device] if x0.device.type != "cpu" else []

@@ -13,7 +13,15 @@ from diffusion.core.denoiser import conditioned
 from diffusion.core.samplers.ancestral import sample_ddpm
 from diffusion.core.samplers.common import steps_for_nfe
 from diffusion.core.sampling import generate
-from diffusion.tools.bench.measure import CONF_DIR, DDPM_LEVELS, IMAGE_SIZE, Plan, autocast, fresh_module, seconds_of
+from diffusion.tools.throughput.measure import (
+    CONF_DIR,
+    DDPM_LEVELS,
+    IMAGE_SIZE,
+    Plan,
+    autocast,
+    fresh_module,
+    seconds_of,
+)
 from diffusion.training.builders import build_sampler
 from diffusion.training.module import DiffusionModule
 

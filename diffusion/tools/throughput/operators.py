@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffusion.data.procedural import CLASSES
-from diffusion.tools.bench.measure import IMAGE_SIZE, Contender, fresh_module
+from diffusion.tools.throughput.measure import IMAGE_SIZE, Contender, fresh_module
 
 
 def forward_flops_per_image(cfg: DictConfig, batch: int, device: torch.device) -> float:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion.tools.bench.measure import ROOT
+from diffusion.tools.throughput.measure import ROOT
 
 
 def cpu_flags_and_model() -> tuple[str, str]:
@@ -21,12 +21,6 @@ def cpu_flags_and_model() -> tuple[str, str]:
         return "", platform.processor() or platform.machine()
     names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
     return info, names[0] if names else platform.machine()
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device("cuda", torch.cuda.current_device()) if name == "cuda" else torch.device("cpu")
 
 
 def pick_precision(name: str, device: torch.device) -> str:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import statistics
 
-from diffusion.tools.bench.measure import DDPM_LEVELS, Contender, Plan
-from diffusion.tools.bench.operators import fastest_naive
-from diffusion.tools.bench.sampling import SamplingJob
+from diffusion.tools.throughput.measure import DDPM_LEVELS, Contender, Plan
+from diffusion.tools.throughput.operators import fastest_naive
+from diffusion.tools.throughput.sampler_timing import SamplingJob
 
 MiB = 2**20
 
@@ -113,7 +113,7 @@ def cpu_taken(share: float | None) -> str:
 def format_report(result: dict) -> str:
     m, f = result["machine"], result["flops"]
     head = [
-        f"diffusion.tools.bench: model={result['model']} ({result['parameters'] / 1e6:.2f}M parameters), "
+        f"diffusion.tools.throughput: model={result['model']} ({result['parameters'] / 1e6:.2f}M parameters), "
         f"precision {result['precision']}, channels_last {result['channels_last']}, compile {result['compile']}",
         f"machine: {m['device']} ({m['device_name']}), {m['cpu_cores']} CPU cores, torch {m['torch']}, "
         f"{m['threads']} threads, commit {m['commit']}, "

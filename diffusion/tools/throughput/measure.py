@@ -172,7 +172,7 @@ def run_chunk(contender: Contender, watch: Stopwatch) -> None:
 
 def compose_config(model: str, batch: int, overrides: list[str]) -> DictConfig:
     """The train config for this model and batch size, through Hydra's compose API."""
-    fixed = [f"model={model}", f"data.batch_size={batch}", "paths.output_dir=."]
+    fixed = [f"network={model}", f"data.batch_size={batch}", "paths.output_dir=."]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="bench"):
         return compose(config_name="train", overrides=fixed + list(overrides))
 

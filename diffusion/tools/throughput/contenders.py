@@ -16,10 +16,11 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from diffusion.core.denoising_loss import DenoisingLoss
 from diffusion.core.schedules import LinearSchedule
 from diffusion.data.datamodule import IndexedTensors, SpriteDataModule
 from diffusion.data.procedural import CLASSES
-from diffusion.tools.bench.measure import (
+from diffusion.tools.throughput.measure import (
     DDPM_LEVELS,
     LIGHTNING_PRECISION,
     WARMUP_STEPS,
@@ -81,7 +82,7 @@ def raw_contender(cfg, images, labels, device, precision, channels_last, compile
 
     def step() -> None:
         with autocast(device, precision):
-            loss = module.denoiser.loss(x0, sigma, noise, y).mean()
+            loss = DenoisingLoss.at(module.denoiser, x0, sigma, noise, y).mean()
         loss.backward()
         nn.utils.clip_grad_norm_(module.parameters(), clip)
         optimizer.step()

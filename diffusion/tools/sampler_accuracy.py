@@ -1,6 +1,6 @@
 """Compare the samplers on the exact denoiser of a fixed image set (no network, no training).
 
-    python -m diffusion.tools.sampler_benchmark [--steps 5 10 20 50] [--n 64] [--data images.npz]
+    python -m diffusion.tools.sampler_accuracy [--steps 5 10 20 50] [--n 64] [--data images.npz]
 
 For each sampler and step count it reports the denoiser evaluations (NFE), how close the samples are to
 the data set (mean RMS-per-pixel distance to the nearest image: 0 means an exact member), and, for the

@@ -1,5 +1,0 @@
-"""``python -m diffusion.tools.bench``."""
-
-from diffusion.tools.bench import main
-
-main()

@@ -1,0 +1,5 @@
+"""``python -m diffusion.tools.throughput``."""
+
+from diffusion.tools.throughput import main
+
+main()
