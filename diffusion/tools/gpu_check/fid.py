@@ -26,10 +26,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from diffusion.core.labels import sample_labels
 from diffusion.evaluation.fid_callback import FIDCallback
 from diffusion.evaluation.metrics import ImageQuality, build_feature_net
 from diffusion.training.builders import module_from_checkpoint
-from diffusion.core.labels import sample_labels
 from diffusion.training.checkpoints import load_checkpoint
 from diffusion.training.precision import callback_bf16
 
