@@ -81,6 +81,7 @@ def test_the_kill_lands_mid_run_and_mid_epoch():
         (["--processes", "0"], "--processes=0 must be at least 1"),
         (["--steps", "10", "--checkpoint-every", "10"], "--checkpoint-every=10 must lie inside the run"),
         (["--batch-size", "0"], "--batch-size=0 must be at least 1"),
+        (["--timeout", "-5"], "--timeout=-5.0 must be a number of seconds > 0"),
     ],
 )
 def test_bad_arguments_end_as_one_error_line_before_any_run(argv, message, tmp_path, capsys):

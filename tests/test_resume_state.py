@@ -80,3 +80,25 @@ def test_a_checkpoint_without_the_record_or_from_other_processes_warns_in_one_li
     assert "2 processes and resumes on 1" in lines[0]
     assert "before exact resumption" in lines[1]
     assert "resume with seed=3" in lines[2]
+
+
+def test_each_batch_of_an_accumulated_step_draws_its_own_noise():
+    seeds = StepSeeds(seed=0)
+    trainer = SimpleNamespace(global_step=5, global_rank=0, accumulate_grad_batches=2)
+    seeds.on_train_batch_start(trainer, None, None, batch_idx=10)
+    first = torch.randn(4)
+    seeds.on_train_batch_start(trainer, None, None, batch_idx=11)
+    assert not torch.equal(torch.randn(4), first)
+    seeds.on_train_batch_start(trainer, None, None, batch_idx=10)
+    assert torch.equal(torch.randn(4), first)
+
+
+def test_a_callback_state_under_an_older_key_finds_its_callback():
+    from diffusion.training.callbacks import StepCheckpoint
+    from diffusion.training.resume import match_callback_states
+
+    callback = StepCheckpoint(dirpath="/tmp/x", every_n_steps=4, save_last=True, save_top_k=0)
+    old_key = "StepCheckpoint{'monitor': None, 'mode': 'min', 'every_n_train_steps': 4, 'every_n_epochs': 0}"
+    checkpoint = {"callbacks": {old_key: {"last_model_path": "a"}, "Other{}": {}}}
+    match_callback_states(checkpoint, [callback])
+    assert checkpoint["callbacks"] == {callback.state_key: {"last_model_path": "a"}, "Other{}": {}}

@@ -85,7 +85,8 @@ class ShardedBatches(Sampler):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         mine = self.state_dict()
-        changed = [f"{key} {state[key]} -> {mine[key]}" for key in ("n", "batch_size", "world_size", "seed")
+        # A changed process count is StepSeeds' to report (training.resume): one line, not two.
+        changed = [f"{key} {state[key]} -> {mine[key]}" for key in ("n", "batch_size", "seed")
                    if key in state and state[key] != mine[key]]
         if changed:
             warn_inexact_resume(f"the data order changed since the checkpoint ({', '.join(changed)}): the epoch goes "
@@ -98,11 +99,14 @@ class ResumableLoader(DataLoader):
     the position of its ``ShardedBatches`` in the epoch, so a run resumed mid-epoch trains the batches the
     uninterrupted run would have trained, not the epoch's first ones again."""
 
+    # Lightning may rebuild the loader around another sampler (trainer.overfit_batches: a SequentialSampler),
+    # which has no position to keep.
     def state_dict(self) -> dict[str, int]:
-        return self.sampler.state_dict()
+        return self.sampler.state_dict() if isinstance(self.sampler, ShardedBatches) else {}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.load_state_dict(state)
+        if isinstance(self.sampler, ShardedBatches) and state:
+            self.sampler.load_state_dict(state)
 
 
 class SpriteDataModule(L.LightningDataModule):

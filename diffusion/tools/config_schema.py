@@ -219,7 +219,8 @@ CALLBACK = ByTarget(
             closed_for=("diffusion.",),
         ),
         "diffusion.training.ema.PowerEMA": Node(
-            {"_target_": Str(), "sigma_rel": Float(low=0, high=SIGMA_REL_MAX, low_open=True, high_open=True), **_AVERAGING},
+            {"_target_": Str(), "sigma_rel": Float(low=0, high=SIGMA_REL_MAX, low_open=True, high_open=True),
+             "device": Str(null=True), "use_buffers": Bool()},  # the power profile counts every step: no update_*
             closed_for=("diffusion.",),
         ),
         "diffusion.training.ema.PostHocEMA": Node(
@@ -230,7 +231,7 @@ CALLBACK = ByTarget(
         "diffusion.training.preemption.SaveOnSigterm": Node({"_target_": Str()}, closed_for=("diffusion.",)),
         "diffusion.training.preemption.RequeueAtStepEnd": Node({"_target_": Str()}, closed_for=("diffusion.",)),
         "diffusion.training.progress_log.progress_bar": Node(
-            {"_target_": Str(), "style": Choice(PROGRESS_STYLES), "every_fraction": SHARE, "every_s": NON_NEGATIVE},
+            {"_target_": Str(), "style": Choice(PROGRESS_STYLES), "every_fraction": Float(low=0, high=1, low_open=True), "every_s": NON_NEGATIVE},
             closed_for=("diffusion.",)),
         "diffusion.training.callbacks.StepProgressBar": Node(
             {"_target_": Str(), "refresh_rate": Int(min=1), "leave": Bool()}, closed_for=("diffusion.",)),

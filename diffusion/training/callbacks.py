@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 
 from diffusion.core.labels import class_cycle
@@ -119,7 +120,7 @@ class StepCheckpoint(ModelCheckpoint):
             self._save(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._after_validation and not trainer.sanity_checking:
+        if self._after_validation and not trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING:
             self._after_validation = False
             self._save(trainer)
 

@@ -36,14 +36,14 @@ def ema_with_warmup(decay: float):
 
 
 def power_ema(gamma: float):
-    """An ``AveragedModel`` averaging function: the power-function EMA, beta(t) = (1 - 1/t)^(gamma + 1) at the
-    t-th update (EDM2, eq. 3 with t the step; ``training.power_ema.power_ema_beta``), computed on the device
-    without a host round trip."""
+    """An ``AveragedModel`` averaging function: the power-function EMA, beta(t) at the t-th update (EDM2, eq. 3
+    with t the step; ``training.power_ema.power_ema_beta``), computed on the device without a host round trip."""
+    from diffusion.training.power_ema import power_ema_beta
 
     def average(averaged: Tensor, current: Tensor, num_averaged: Tensor) -> Tensor:
-        t = num_averaged.to(torch.float64) + 1  # the first update (t = 1, beta = 0) is AveragedModel's copy
-        beta = (1 - 1 / t) ** (gamma + 1)
-        return torch.lerp(averaged, current, (1 - beta).to(averaged.dtype))
+        # the first update (t = 1, beta = 0) is AveragedModel's copy; float64 where the device has it (not MPS)
+        t = num_averaged.to(torch.float32 if averaged.device.type == "mps" else torch.float64) + 1
+        return torch.lerp(averaged, current, (1 - power_ema_beta(t, gamma)).to(averaged.dtype))
 
     return average
 
@@ -60,6 +60,10 @@ class PowerEMA(EMAWeightAveraging):
         if isinstance(sigma_rel, bool) or not isinstance(sigma_rel, (int, float)) or not 0 < sigma_rel < SIGMA_REL_MAX:
             raise ConfigError(f"callbacks.ema.sigma_rel={sigma_rel} must be a number in (0, {SIGMA_REL_MAX:.3f}) "
                               "(EDM2's range; 0.05-0.10 are typical)")
+        for key in ("update_every_n_steps", "update_starting_at_step", "update_starting_at_epoch"):
+            if kwargs.get(key) not in (None, 1 if key == "update_every_n_steps" else None):
+                raise ConfigError(f"callbacks.ema.{key} does not apply to the power EMA: its profile counts every "
+                                  "step from the first; drop the key")
         super().__init__(**kwargs)
         self.sigma_rel, self.gamma = float(sigma_rel), sigma_rel_to_gamma(sigma_rel)
         self._kwargs["avg_fn"] = power_ema(self.gamma)

@@ -184,6 +184,12 @@ class DiffusionModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["diffusion"] = self.checkpoint_info()
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Called before Lightning hands the callbacks their states: the place to match states stored under old keys.
+        from diffusion.training.resume import match_callback_states
+
+        match_callback_states(checkpoint, self.trainer.callbacks)
+
     @torch.no_grad()
     def sample(
         self,

@@ -72,9 +72,10 @@ def sigma_rel_to_gamma(sigma_rel: float) -> float:
     return (lo + hi) / 2
 
 
-def power_ema_beta(t: int, gamma: float) -> float:
-    """beta(t) = (1 - 1/t)^(gamma + 1): 0 at t = 1, so the first step's weights replace whatever came before."""
-    if t < 1:
+def power_ema_beta(t: int | Tensor, gamma: float) -> float | Tensor:
+    """beta(t) = (1 - 1/t)^(gamma + 1): 0 at t = 1, so the first step's weights replace whatever came before.
+    ``t`` may be a tensor on the device (the run's EMA: no host round trip); a number is checked."""
+    if not isinstance(t, Tensor) and t < 1:
         raise ValueError(f"power EMA steps count from 1, got t={t}")
     return (1 - 1 / t) ** (gamma + 1)
 

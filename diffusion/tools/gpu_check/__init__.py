@@ -94,8 +94,12 @@ def describe_machine(processes: int | None, precision: str) -> tuple[str, int, s
 
 
 def make_plan(args: argparse.Namespace, processes: int, accelerator: str, precision: str) -> runs.Plan:
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size={args.batch_size} must be at least 1")
+    for name, value, low in (("--batch-size", args.batch_size, 1), ("--steps", args.steps, 2), ("--data-n", args.data_n, 10),
+                             ("--fid-samples", args.fid_samples, 2)):
+        if value < low:
+            raise ConfigError(f"{name}={value} must be at least {low}")
+    if not args.timeout > 0:
+        raise ConfigError(f"--timeout={args.timeout} must be a number of seconds > 0")
     procedural = not any(o.startswith(("data=", "+data=")) for o in args.overrides)
     extra = ([f"data.n={args.data_n}"] if procedural else []) + list(args.overrides)
     if args.checkpoint_every is not None:
