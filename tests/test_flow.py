@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_MODEL, compose_config, describe, run_script, write_sprites
+from conftest import TINY_MODEL, compose_config, describe, raises_config_error, run_script, write_sprites
 from torch import nn
 
 from diffusion.core.denoiser import Denoiser
@@ -105,6 +105,9 @@ def test_euler_in_sigma_form_is_rectified_flow_euler_and_diffusers(shift):
 def test_training_loss_is_the_velocity_mse():
     torch.manual_seed(0)
     net = UNet(num_classes=3, image_size=8, base_channels=8, channel_mult=[1, 2], attn_resolutions=[], norm_groups=4)
+    with torch.no_grad():  # the output layer starts at zero, and F = 0 scores v and -v alike
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
     denoiser = Denoiser(net, FlowMatching(), FlowSchedule())
     g = torch.Generator().manual_seed(1)
     x0, eps = torch.rand(6, 3, 8, 8, generator=g) * 2 - 1, torch.randn(6, 3, 8, 8, generator=g)
@@ -182,3 +185,8 @@ def test_train_py_with_objective_flow_writes_samples(tmp_path):
                       f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 0, describe(proc)
     assert (tmp_path / "run" / "samples" / "final.png").exists(), describe(proc)
+
+
+@pytest.mark.parametrize("options", [dict(sigma_min=1.0, sigma_max=0.5), dict(logit_std=0.0), dict(shift=-1.0)])
+def test_a_bad_flow_schedule_is_one_config_error(options):
+    assert "flow schedule needs" in raises_config_error(FlowSchedule, **options)

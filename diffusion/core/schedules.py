@@ -266,13 +266,14 @@ class EDMSchedule(Schedule):
         return self.karras_sigmas(steps, self.rho)
 
 
-class FlowSchedule(Schedule):
+class FlowSchedule(EDMSchedule):
     """The rectified-flow time t in [0, 1] of x_t = (1 - t) x0 + t eps (``objectives.FlowMatching``), as sigma =
     t / (1 - t).
 
     Training times are logit-normal, t = sigmoid(n), n ~ N(logit_mean, logit_std^2) (Esser et al. 2024, "Scaling
     Rectified Flow Transformers", eq. 19; m = 0, s = 1 is their best, sec. 5.1). Since ln sigma = logit t, that is
-    ln sigma ~ N(m, s^2): EDM's log-normal levels with P_mean = m, P_std = s. The network is told t itself.
+    ln sigma ~ N(m, s^2): EDM's log-normal levels with P_mean = m, P_std = s, which is why this is an
+    ``EDMSchedule`` with its own c_noise and levels. The network is told t itself.
 
     Sampling levels are uniform in t from t_max down to t_min (rectified flow's Euler grid), then shifted as in
     SD3's eq. 23 and diffusers' ``FlowMatchEulerDiscreteScheduler(shift=...)``: t' = a t / (1 + (a - 1) t), which
@@ -295,22 +296,18 @@ class FlowSchedule(Schedule):
         sigma_max: float = 80.0,
         input_scale: float = 1.0,
     ):
-        super().__init__(input_scale)
+        # Checked here, in the flow's own terms, before EDMSchedule's message about its P_std.
         if not (0 < sigma_min < sigma_max < math.inf):
             raise ConfigError(f"flow schedule needs 0 < sigma_min < sigma_max < inf (got {sigma_min}, {sigma_max}); sigma = t / (1 - t)")
         if not (logit_std > 0 and shift > 0):
             raise ConfigError(f"flow schedule needs logit_std > 0 and shift > 0 (got {logit_std}, {shift}); SD3 uses 1.0 and 1.0..3.0")
-        self.logit_mean, self.logit_std, self.shift = float(logit_mean), float(logit_std), float(shift)
-        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        super().__init__(P_mean=logit_mean, P_std=logit_std, sigma_min=sigma_min, sigma_max=sigma_max, input_scale=input_scale)
+        self.shift = float(shift)
 
     @staticmethod
     def t_from_sigma(sigma: Tensor) -> Tensor:
         # 1 / (1 + 1 / sigma) rather than sigma / (1 + sigma): also right at sigma = infinity (t = 1).
         return 1 / (1 + 1 / sigma)
-
-    def sample_sigma(self, n, device="cpu", generator=None):
-        z = torch.randn(n, generator=generator, device="cpu")
-        return (self.logit_mean + self.logit_std * z).exp().to(device)
 
     def c_noise(self, sigma):
         return self.t_from_sigma(sigma.double()).float()
