@@ -133,3 +133,41 @@ class EDMPreconditioning(Objective):
 
     def c_in(self, sigma):
         return (sigma**2 + self.sigma_data**2).rsqrt()
+
+
+class FlowMatching(Objective):
+    """Rectified flow / flow matching (Liu et al. 2022, "Flow Straight and Fast", eq. 1; Lipman et al. 2022,
+    "Flow Matching for Generative Modeling", eq. 23; Esser et al. 2024, "Scaling Rectified Flow Transformers",
+    eq. 1 and sec. 3): the network predicts the velocity v = eps - x0 of x_t = (1 - t) x0 + t eps.
+
+    In sigma form, with sigma = t / (1 - t) (so t = sigma / (1 + sigma) and 1 - t = 1 / (1 + sigma)),
+
+        x_t = (1 - t) (x0 + sigma eps) = x_sigma / (1 + sigma),
+
+    so the network's input is c_in x_sigma with c_in = 1 / (1 + sigma). From x_t and v, x0 = x_t - t v, hence,
+    EDM Table 1 style:
+
+        c_in   = 1 / (1 + sigma)
+        c_skip = 1 / (1 + sigma)          (= 1 - t)
+        c_out  = -sigma / (1 + sigma)     (= -t)
+        c_noise = t = sigma / (1 + sigma) (``FlowSchedule.c_noise``: t in [0, 1], the U-Net's O(1) range)
+        F_target = (x0 - c_skip x_sigma) / c_out = (x0 - x_t) / (-t) = eps - x0,   weight 1,
+
+    and D(x_sigma, sigma) = x_t - t F. The denoising loss || F - F_target ||^2 is then exactly the flow-matching
+    loss || v_theta(x_t, t) - (eps - x0) ||^2 (SD3's eq. 1 with its "rf" weighting), with no extra factor.
+    """
+
+    name = "flow"
+
+    def c_skip(self, sigma):
+        return 1 / (1 + sigma)
+
+    def c_out(self, sigma):
+        return -sigma / (1 + sigma)
+
+    def c_in(self, sigma):
+        return 1 / (1 + sigma)
+
+    def target(self, x0, noise, sigma):
+        # Directly, rather than the base class's (x0 - c_skip x) / c_out, which cancels badly as sigma -> 0.
+        return noise - x0

@@ -264,3 +264,60 @@ class EDMSchedule(Schedule):
 
     def sigmas(self, steps):
         return self.karras_sigmas(steps, self.rho)
+
+
+class FlowSchedule(EDMSchedule):
+    """The rectified-flow time t in [0, 1] of x_t = (1 - t) x0 + t eps (``objectives.FlowMatching``), as sigma =
+    t / (1 - t).
+
+    Training times are logit-normal, t = sigmoid(n), n ~ N(logit_mean, logit_std^2) (Esser et al. 2024, "Scaling
+    Rectified Flow Transformers", eq. 19; m = 0, s = 1 is their best, sec. 5.1). Since ln sigma = logit t, that is
+    ln sigma ~ N(m, s^2): EDM's log-normal levels with P_mean = m, P_std = s, which is why this is an
+    ``EDMSchedule`` with its own c_noise and levels. The network is told t itself.
+
+    Sampling levels are uniform in t from t_max down to t_min (rectified flow's Euler grid), then shifted as in
+    SD3's eq. 23 and diffusers' ``FlowMatchEulerDiscreteScheduler(shift=...)``: t' = a t / (1 + (a - 1) t), which
+    in sigma form is sigma' = a sigma; the unshifted grid is the one that the shift carries onto [sigma_min,
+    sigma_max], so every spacing starts at sigma_max. (For training, a shift a is logit_mean + ln a.)
+
+    t = 1 is sigma = infinity, which a sampler in sigma form cannot start from, so the range is the other
+    schedules' sigma in [0.002, 80], t in [0.002, 0.988]. ``generate``'s start sqrt(sigma_max^2 + 1) z differs
+    from the marginal x0 + sigma_max eps only by O(x0 / sigma_max) in x_t, as for every schedule here. A range
+    closer to diffusers' t in [0.001, 1] (sigma_max = 999, sigma_min = 0.001) spends the Karras-spaced samplers'
+    steps near t = 1: with the exact velocity of N(0, 0.5^2) data, 20-step DPM++ 2M then ends 12% off the exact
+    ODE solution instead of 5% (``exact.gaussian_gap``).
+    """
+
+    def __init__(
+        self,
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
+        shift: float = 1.0,
+        sigma_min: float = 0.002,
+        sigma_max: float = 80.0,
+        input_scale: float = 1.0,
+    ):
+        # Checked here, in the flow's own terms, before EDMSchedule's message about its P_std.
+        if not (0 < sigma_min < sigma_max < math.inf):
+            raise ConfigError(f"flow schedule needs 0 < sigma_min < sigma_max < inf (got {sigma_min}, {sigma_max}); sigma = t / (1 - t)")
+        if not (logit_std > 0 and shift > 0):
+            raise ConfigError(f"flow schedule needs logit_std > 0 and shift > 0 (got {logit_std}, {shift}); SD3 uses 1.0 and 1.0..3.0")
+        super().__init__(P_mean=logit_mean, P_std=logit_std, sigma_min=sigma_min, sigma_max=sigma_max, input_scale=input_scale)
+        self.shift = float(shift)
+
+    @staticmethod
+    def t_from_sigma(sigma: Tensor) -> Tensor:
+        # 1 / (1 + 1 / sigma) rather than sigma / (1 + sigma): also right at sigma = infinity (t = 1).
+        return 1 / (1 + 1 / sigma)
+
+    def c_noise(self, sigma):
+        return self.t_from_sigma(sigma.double()).float()
+
+    def sigmas(self, steps):
+        _check_steps(steps)
+        # The unshifted grid runs between the levels that the shift carries onto sigma_max and sigma_min.
+        ends = torch.tensor([self.sigma_max, self.sigma_min], dtype=torch.float64) / self.shift
+        t_max, t_min = self.t_from_sigma(ends).tolist()
+        t = torch.linspace(t_max, t_min, steps, dtype=torch.float64)
+        sigmas = self.shift * t / (1 - t)
+        return torch.cat([sigmas, sigmas.new_zeros(1)]).float()

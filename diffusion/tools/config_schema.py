@@ -81,6 +81,7 @@ SCHEDULE = Node(
         "beta_end": Float(low=0, high=1, low_open=True, high_open=True),
         "s": Float(low=0, high=1, high_open=True), "sigma_min": SIGMA, "sigma_max": SIGMA,
         "start": Float(), "end": Float(), "tau": POSITIVE, "P_mean": Float(), "P_std": POSITIVE, "rho": POSITIVE,
+        "logit_mean": Float(), "logit_std": POSITIVE, "shift": POSITIVE,
     },
     closed_for=("diffusion.core.schedules.",),
 )
