@@ -15,6 +15,7 @@ from conftest import TINY_MODEL, compose_config, describe, raises_config_error, 
 from torch import nn
 
 from diffusion.core.denoiser import Denoiser
+from diffusion.core.denoising_loss import DenoisingLoss
 from diffusion.core.exact import gaussian_denoiser
 from diffusion.core.objectives import FlowMatching
 from diffusion.core.samplers.ode import sample_euler
@@ -112,7 +113,7 @@ def test_training_loss_is_the_velocity_mse():
     g = torch.Generator().manual_seed(1)
     x0, eps = torch.rand(6, 3, 8, 8, generator=g) * 2 - 1, torch.randn(6, 3, 8, 8, generator=g)
     t, labels = torch.rand(6, generator=g) * 0.998 + 0.001, torch.tensor([0, 1, 2, 0, 1, 2])
-    loss = denoiser.loss(x0, t / (1 - t), eps, labels)
+    loss = DenoisingLoss.at(denoiser, x0, t / (1 - t), eps, labels)
     tb = t.view(-1, 1, 1, 1)
     v_mse = (net((1 - tb) * x0 + tb * eps, t, labels) - (eps - x0)).pow(2).mean(dim=(1, 2, 3))
     torch.testing.assert_close(loss, v_mse, rtol=1e-4, atol=1e-6)
@@ -166,7 +167,8 @@ def test_flow_config_trains_and_samples_with_every_sampler():
     g = torch.Generator().manual_seed(0)
     x0, labels = torch.rand(8, 3, 16, 16, generator=g) * 2 - 1, torch.arange(8) % 5
     for _ in range(2):
-        loss = denoiser.loss(x0, denoiser.schedule.sample_sigma(8, generator=g), torch.randn(x0.shape, generator=g), labels).mean()
+        loss = DenoisingLoss.at(denoiser, x0, denoiser.schedule.sample_sigma(8, generator=g), torch.randn(x0.shape, generator=g),
+                                labels).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
