@@ -198,7 +198,7 @@ def test_a_checkpoint_written_before_exact_resumption_resumes_with_one_warning(r
     (run_dir / "checkpoints").mkdir(parents=True)
     shutil.copy(ROOT / "tests" / "data" / "last_44e540d.ckpt", run_dir / "checkpoints" / "last.ckpt")
     code, log = train(tmp_path, run_dir, runs["whole"][0].parent / "data", "old", "ckpt_path=last", "trainer.max_steps=8",
-                      "~callbacks.fid", "optimized_metric=val/loss", "callbacks=default", "data.hflip=false")
+                      "~callbacks.fid", "optimized_metric=val/loss", "data.hflip=false")
     assert code == 0, log[-3000:]
     warnings = [line for line in log.splitlines() if "not exact" in line or "Please add the following" in line]
     assert len(warnings) == 1 and warnings[0].startswith("warning: this resume is not exact: the checkpoint was "
@@ -209,5 +209,5 @@ def test_a_run_with_lightnings_overfit_batches_checkpoints_and_finishes(tmp_path
     """Lightning rebuilds the training loader around a SequentialSampler: it has no position to keep."""
     data = write_sprites(tmp_path / "data", n=240)
     code, log = train(tmp_path, tmp_path / "run", data, "overfit", "trainer.overfit_batches=2", "trainer.max_steps=4",
-                      "~callbacks.fid", "optimized_metric=val/loss", "callbacks=default")
+                      "~callbacks.fid", "optimized_metric=val/loss")
     assert code == 0, log[-3000:]
