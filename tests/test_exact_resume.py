@@ -188,7 +188,7 @@ def test_a_bf16_mixed_run_killed_and_resumed_ends_as_the_whole_run(runs):
     assert_same_run(runs["whole_bf16"][0], runs["killed_bf16"][0])
 
 
-def test_a_checkpoint_written_before_exact_resumption_resumes_with_one_warning(runs, tmp_path):
+def test_a_checkpoint_written_before_exact_resumption_resumes_with_one_warning(tmp_path):
     """tests/data/last_44e540d.ckpt: the last.ckpt of a 6-step run of this module's data and the test settings,
     written at commit 44e540d (before this change: no seed record, no loader position, StepCheckpoint's state
     under its old key)."""
@@ -197,7 +197,8 @@ def test_a_checkpoint_written_before_exact_resumption_resumes_with_one_warning(r
     run_dir = tmp_path / "old"
     (run_dir / "checkpoints").mkdir(parents=True)
     shutil.copy(ROOT / "tests" / "data" / "last_44e540d.ckpt", run_dir / "checkpoints" / "last.ckpt")
-    code, log = train(tmp_path, run_dir, runs["whole"][0].parent / "data", "old", "ckpt_path=last", "trainer.max_steps=8",
+    data = write_sprites(tmp_path / "data", n=240)  # the data of the run that wrote it
+    code, log = train(tmp_path, run_dir, data, "old", "ckpt_path=last", "trainer.max_steps=8",
                       "~callbacks.fid", "optimized_metric=val/loss", "data.hflip=false")
     assert code == 0, log[-3000:]
     warnings = [line for line in log.splitlines() if "not exact" in line or "Please add the following" in line]
@@ -208,6 +209,6 @@ def test_a_checkpoint_written_before_exact_resumption_resumes_with_one_warning(r
 def test_a_run_with_lightnings_overfit_batches_checkpoints_and_finishes(tmp_path):
     """Lightning rebuilds the training loader around a SequentialSampler: it has no position to keep."""
     data = write_sprites(tmp_path / "data", n=240)
-    code, log = train(tmp_path, tmp_path / "run", data, "overfit", "trainer.overfit_batches=2", "trainer.max_steps=4",
+    code, log = train(tmp_path, tmp_path / "run", data, "overfit", "+trainer.overfit_batches=2", "trainer.max_steps=4",
                       "~callbacks.fid", "optimized_metric=val/loss")
     assert code == 0, log[-3000:]
