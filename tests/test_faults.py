@@ -298,8 +298,9 @@ def test_kill_during_validation(chains):
     assert stage.returncode == -signal.SIGKILL, stage.describe()
     assert stage.paused == f"validation_step at global_step {2 * STEPS_PER_EPOCH}"
     assert stage.start_step == INTERVAL  # the previous kill left last.ckpt at step 3
-    # The step-12 checkpoint is written before the epoch's validation starts.
-    assert stage.ckpt_steps["last.ckpt"] == 2 * STEPS_PER_EPOCH, stage.ckpt_steps
+    # A step's checkpoint holds the whole step, its validation included (training.resume): killed during the
+    # validation of step 12, the run's last complete checkpoint is the one of step 9.
+    assert stage.ckpt_steps["last.ckpt"] == 2 * STEPS_PER_EPOCH - INTERVAL, stage.ckpt_steps
 
 
 @pytest.mark.parametrize("chain", ["kill", "term"])
@@ -340,19 +341,26 @@ def test_sigterm_during_validation_saves_the_raw_and_averaged_weights(chains):
     assert stage.paused == f"validation_step at global_step {STEPS_PER_EPOCH}"
     assert stage.returncode == 128 + signal.SIGTERM, stage.describe()  # not 0: the run did not finish
     assert "SIGTERM: saved" in stage.log and "resume with ckpt_path=last" in stage.log, stage.describe()
-    assert stage.ckpt_steps == {ckpt(INTERVAL): INTERVAL, ckpt(STEPS_PER_EPOCH): STEPS_PER_EPOCH, "last.ckpt": STEPS_PER_EPOCH}, stage.ckpt_steps
-    # step_0000006.ckpt was written at the same step just before validation swapped the EMA weights in: the SIGTERM
-    # checkpoint, written during validation, must hold the same raw weights, average and optimizer state.
-    before = torch.load(stage.saved / ckpt(STEPS_PER_EPOCH), map_location="cpu", weights_only=True)
+    # The interval checkpoint of step 6 waits for the end of the step's validation, which SIGTERM cut short; the
+    # SIGTERM checkpoint is written at step 6, after the EMA weights were swapped back out.
+    assert stage.ckpt_steps == {ckpt(INTERVAL): INTERVAL, "last.ckpt": STEPS_PER_EPOCH}, stage.ckpt_steps
     during = torch.load(stage.saved / "last.ckpt", map_location="cpu", weights_only=True)
-    for key in ("state_dict", "current_model_state"):
-        assert before[key].keys() == during[key].keys()
-        for name, value in before[key].items():
-            assert torch.equal(value, during[key][name]), (key, name)
-    assert any(not torch.equal(v, before["current_model_state"][k]) for k, v in before["state_dict"].items()), \
-        "the average equals the raw weights: the comparison proves nothing"
-    assert torch.equal(before["optimizer_states"][0]["state"][0]["exp_avg"], during["optimizer_states"][0]["state"][0]["exp_avg"])
+    assert any(not torch.equal(v, during["current_model_state"][k]) for k, v in during["state_dict"].items()), \
+        "the checkpoint holds one set of weights twice: the average was saved as the raw weights or the other way"
+    # That they are the right way round shows at the end: this chain ends with the bits of the killed chain
+    # (test_both_chains_end_with_the_same_bits); raw weights swapped for the average would not.
     assert not stage.finished  # no end-of-run artefacts for an unfinished run
+
+
+def test_both_chains_end_with_the_same_bits(chains):
+    """Killed three times, or pre-empted twice, and resumed each time: the same run as the other chain, bit for bit."""
+    kill, term = (torch.load(chains[c][0] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+                  for c in ("kill", "term"))
+    for key in ("state_dict", "current_model_state"):
+        assert kill[key].keys() == term[key].keys()
+        assert all(torch.equal(kill[key][name], term[key][name]) for name in kill[key]), key
+    for a, b in zip(kill["optimizer_states"][0]["state"].values(), term["optimizer_states"][0]["state"].values()):
+        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
 
 
 def test_sigterm_in_a_training_step_saves_the_step_reached(chains):
