@@ -24,7 +24,7 @@ SAFE_DECORATORS = re.compile(r"^(torch\.no_grad\(\)|torch\.inference_mode\(\)|st
 # The functions whose mutants are scored: every function of the core math modules, and the loss path of module.py
 # (the label dropout and the training / validation steps).
 MATH = re.compile(
-    r"^diffusion\.(core\.(schedules|objectives|denoiser|sampling|samplers(\.\w+)?)\."
+    r"^diffusion\.(core\.(schedules|objectives|denoiser|denoising_loss|labels|sampling|samplers(\.\w+)?)\."
     r"|training\.module\.xǁDiffusionModuleǁ(_labels|training_step|validation_step)__mutmut)"
 )
 

@@ -18,6 +18,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from diffusion.core import samplers  # noqa: E402
 from diffusion.core.denoiser import Denoiser  # noqa: E402
+from diffusion.core.denoising_loss import DenoisingLoss  # noqa: E402
 from diffusion.core.objectives import EDMPreconditioning, EpsPrediction, VPrediction, X0Prediction  # noqa: E402
 from diffusion.core.schedules import CosineSchedule, EDMSchedule, LinearSchedule, SigmoidSchedule  # noqa: E402
 
@@ -105,7 +106,7 @@ def test_a_network_that_outputs_the_target_denoises_exactly(schedule, objective,
     out = d(x0 + s4 * noise, sigma)
     tol = 1e-5 * (1 + float(sigma.max())) * (1 + float(sigma.max()) * isinstance(objective, X0Prediction))
     torch.testing.assert_close(out, x0, rtol=0, atol=max(tol, 1e-5))
-    assert float(d.loss(x0, sigma, noise).max()) == 0.0
+    assert float(DenoisingLoss.at(d, x0, sigma, noise).max()) == 0.0
 
 
 @SETTINGS

@@ -149,8 +149,7 @@ def batch_order(whole: list[dict], resumed: list[dict]) -> str:
 
 
 def check_speed(plan: runs.Plan, whole_dir: Path, records: list[dict], accelerator: str, report: Report) -> None:
-    from diffusion.training.builders import module_from_checkpoint
-    from diffusion.training.checkpoints import load_checkpoint
+    from diffusion.training.checkpoints import load_checkpoint, module_from_checkpoint
 
     rate = speed.images_per_second(records[0]["step_ends"], plan.batch_size * plan.processes)
     module = module_from_checkpoint(load_checkpoint(whole_dir / "checkpoints" / "last.ckpt"))

@@ -29,8 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from diffusion.core.labels import sample_labels
 from diffusion.evaluation.fid_callback import FIDCallback
 from diffusion.evaluation.metrics import ImageQuality, build_feature_net
-from diffusion.training.builders import module_from_checkpoint
-from diffusion.training.checkpoints import load_checkpoint
+from diffusion.training.checkpoints import load_checkpoint, module_from_checkpoint
 from diffusion.training.precision import callback_bf16
 
 
