@@ -174,7 +174,7 @@ CASES = [
     Case("config-lr-schedule-unknown", "train", ("training.lr_schedule=nope",), ("lr_schedule", "'nope'", "cosine")),
     Case("config-label-dropout", "train", ("training.label_dropout=2",), ("label_dropout=2",)),
     Case("config-compile-not-bool", "train", ("training.compile=maybe",), ("training.compile='maybe'", "true or false")),
-    Case("config-ema-decay", "train", ("callbacks.ema.decay=1.5",), ("callbacks.ema.decay=1.5", "(0, 1)")),
+    Case("config-ema-width", "train", ("callbacks.ema.sigma_rel=1.5",), ("callbacks.ema.sigma_rel=1.5", "0.3")),
     Case("config-run-dir-taken", "train", ("hydra.run.dir={run_copy}",), ("{run_copy}", "already holds checkpoints", "ckpt_path=last"),
          sub=True, strict=True),
     # -- settings (sample.py) -------------------------------------------------------------------------------

@@ -199,7 +199,10 @@ def test_a_checkpoint_written_before_exact_resumption_resumes_with_one_warning(t
     shutil.copy(ROOT / "tests" / "data" / "last_44e540d.ckpt", run_dir / "checkpoints" / "last.ckpt")
     data = write_sprites(tmp_path / "data", n=240)  # the data of the run that wrote it
     code, log = train(tmp_path, run_dir, data, "old", "ckpt_path=last", "trainer.max_steps=8",
-                      "~callbacks.fid", "optimized_metric=val/loss", "data.hflip=false")
+                      "~callbacks.fid", "optimized_metric=val/loss", "data.hflip=false",
+                      # the EMA that run had (the default then): a resumed run keeps its averaging
+                      "callbacks.ema._target_=diffusion.training.ema.EMA", "~callbacks.ema.sigma_rel",
+                      "+callbacks.ema.decay=0.999", "+callbacks.ema.warmup=true")
     assert code == 0, log[-3000:]
     warnings = [line for line in log.splitlines() if "not exact" in line or "Please add the following" in line]
     assert len(warnings) == 1 and warnings[0].startswith("warning: this resume is not exact: the checkpoint was "

@@ -79,7 +79,7 @@ def test_a_trials_command_reruns_that_one_trial(optuna_study, tmp_path: Path):
     assert hydra_cfg["run"]["dir"].startswith("runs/")  # a run directory of its own, not in the sweep
     assert job["optimizer"]["lr"] == pytest.approx(float(best["optimizer.lr"]))
     assert job["network"]["base_channels"] == int(best["network.base_channels"])
-    assert job["callbacks"]["ema"]["decay"] == pytest.approx(float(best["callbacks.ema.decay"]))
+    assert job["callbacks"]["ema"]["sigma_rel"] == pytest.approx(float(best["callbacks.ema.sigma_rel"]))
     assert hydra_cfg["runtime"]["choices"]["schedule"] == best["schedule"]
     assert hydra_cfg["runtime"]["choices"]["objective"] == best["objective"]
 
