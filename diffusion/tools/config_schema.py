@@ -120,13 +120,17 @@ OPTIMIZER = Node(
     },
     closed_for=("torch.optim.Adam", "torch.optim.AdamW"),
 )
-TRAINING_METHOD = Node(
+# A training method is one loss class per ``_target_`` (diffusion/core/): each names its own keys, so a typo in
+# one (``+training.method.P_meen``) stops at the check instead of in Hydra's instantiate.
+TRAINING_METHOD = ByTarget(
     {
-        "_target_": Str(), "P_mean": Float(), "P_std": POSITIVE, "q": Float(low=1, low_open=True), "k": NON_NEGATIVE,
-        "b": NON_NEGATIVE, "c": NON_NEGATIVE, "stage_steps": Int(min=1),
-    },
-    closed_for=("diffusion.core.consistency.ConsistencyTuning",),
-    null=True,
+        "diffusion.core.denoising_loss.DenoisingLoss": Node({"_target_": Str()}, closed_for=("diffusion.",)),
+        "diffusion.core.consistency_tuning.ConsistencyTuning": Node(
+            {"_target_": Str(), "P_mean": Float(), "P_std": POSITIVE, "q": Float(low=1, low_open=True), "k": NON_NEGATIVE,
+             "b": NON_NEGATIVE, "c": NON_NEGATIVE, "stage_steps": Int(min=1)},
+            closed_for=("diffusion.",),
+        ),
+    }
 )
 TRAINING = Node(
     {
