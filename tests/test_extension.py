@@ -123,7 +123,21 @@ class Shrinks(NoLabels):
         return self.conv(x)[..., 1:, 1:]
 
 
-@pytest.mark.parametrize("net, rule", [(NoLabels, "net(x, c_noise, labels)"), (Shrinks, "returned shape (2, 3, 15, 15)")])
+class ReturnsATuple(NoLabels):
+    def forward(self, x, c_noise, labels=None):
+        return (self.conv(x),)  # as diffusers' models do with return_dict=False
+
+
+class NoSizeArguments(torch.nn.Module):
+    def __init__(self, width: int = 4):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+
+
+@pytest.mark.parametrize("net, rule", [
+    (NoLabels, "net(x, c_noise, labels)"), (Shrinks, "returned shape (2, 3, 15, 15)"),
+    (ReturnsATuple, "returned a tuple, not a tensor"), (NoSizeArguments, "constructor takes num_classes and image_size"),
+])
 def test_a_network_that_breaks_the_contract_is_refused_when_built(net, rule):
     """Before any training step, in one line naming the rule (docs/architecture.md), not at the first checkpoint."""
     message = raises_config_error(tiny_module, [f"network._target_={__name__}.{net.__name__}", *NOT_A_UNET])
