@@ -174,6 +174,23 @@ def test_experiment_ect_adds_one_named_sampler_to_the_fid_callback():
     assert list(plain.samplers) == ["default"] and plain.sampler.fn.endswith("sample_dpmpp_2m_sde") and plain.sampler.steps == 10
 
 
+def test_a_checkpoint_from_before_the_samplers_mapping_keeps_its_2step_history(tmp_path):
+    """experiment=ect before issue 20 stored a second FIDCallback under its suffix's key: resumed now, its history
+    is the `2step` sampler's and no state is left unclaimed."""
+    from diffusion.core.sampling import Sampler
+    from diffusion.evaluation.fid_callback import FIDCallback
+    from diffusion.training.resume import match_callback_states
+
+    samplers = {"default": Sampler("consistency", steps=1), "2step": Sampler("consistency", steps=2)}
+    callback = FIDCallback(dirpath=str(tmp_path), samplers=samplers)
+    one, two = [{"step": 10, "fid": 50.0}], [{"step": 10, "fid": 40.0}]
+    checkpoint = {"callbacks": {"FIDCallback": {"history": one}, "FIDCallback{'suffix': '_2step'}": {"history": two}}}
+    match_callback_states(checkpoint, [callback])
+    assert list(checkpoint["callbacks"]) == [callback.state_key]
+    callback.load_state_dict(checkpoint["callbacks"][callback.state_key])
+    assert callback.histories == {"default": one, "2step": two}
+
+
 def test_callback_logs_fid_in_a_tiny_run(tmp_path):
     from lightning.pytorch.loggers import CSVLogger
 
