@@ -209,3 +209,25 @@ def test_old_group_names_on_the_command_line_are_rewritten_with_one_note():
     assert len(notes) == 2 and "fid_features" in notes[1]
     cfg = compose_config("train", renamed_overrides(["model=large"], notes.append))
     assert cfg.network.base_channels == compose_config("train", ["network=large"]).network.base_channels
+
+
+def test_an_old_group_name_hydra_cannot_place_is_named_in_the_error(tmp_path):
+    """Where the rewrite of the command line cannot reach (a user's own experiment file, a key that moved), the
+    one-line error says what to write; the throughput tool rewrites old names like train.py."""
+    from hydra.errors import ConfigCompositionException
+
+    from diffusion.tools.cli import _composition_error
+    from diffusion.tools.throughput.measure import compose_config as throughput_config
+
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\ndefaults:\n  - override /model: large\n")
+    cases = {
+        (f"hydra.searchpath=[file://{tmp_path}]", "experiment=mine"): "the group model is now network: write network",
+        ("callbacks.fid.sampler.steps=5",): "write callbacks.fid.samplers.default.steps",
+    }
+    for overrides, hint in cases.items():
+        with pytest.raises(ConfigCompositionException) as info:
+            compose_config("train", overrides)
+        message = _composition_error(info.value)
+        assert hint in message and "\n" not in message, message
+    assert throughput_config("small", 8, ["model.base_channels=24"]).network.base_channels == 24
