@@ -42,7 +42,7 @@ def configs() -> list[tuple[str, tuple[str, ...], DictConfig]]:
     runs += [("train", (f"{group}={name}",)) for group in ALONE for name in options(group) if name != "default"]
     runs += [("sample", ("ckpt=x",)), ("sample", ("ckpt=x", "sampler=restart"))]
     runs += [("evaluate", ("samples=x", f"data={name}")) for name in options("data")]
-    runs += [("features", ())]
+    runs += [("train_features", ())]
     return [(command, overrides, compose_config(command, overrides)) for command, overrides in runs]
 
 

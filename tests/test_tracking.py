@@ -123,14 +123,17 @@ def test_wandb_run_id_is_kept_for_a_resumed_run(tmp_path, offline_wandb):
     assert len(ids[0]) == 8
 
 
-def test_plots_need_no_csv_logger(tmp_path):
-    from diffusion.evaluation.plots import plot_run
+def test_plots_need_no_csv_logger(tmp_path, capsys):
+    from diffusion.evaluation.plots import main, plot_run
 
     lines = [{"step": s, "train/loss": 1.0 / s} for s in range(1, 9)] + [{"step": 8, "val/loss": 0.2}]
     (tmp_path / "history.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     history = [{"step": 4, "fid": 9.0, "kid_mean": 0.1}, {"step": 8, "fid": 5.0, "kid_mean": 0.05}]
     (tmp_path / "fid.json").write_text(json.dumps({"features": "sprite-x", "history": history}))
     assert {p.name for p in plot_run(tmp_path)} == {"loss.png", "fid.png"}
+    with pytest.raises(SystemExit) as done:  # the command answers --help instead of plotting a run called --help
+        main(["--help"])
+    assert done.value.code == 0 and "RUN_DIR" in capsys.readouterr().out
 
 
 def test_finishing_a_failed_job_closes_its_wandb_run_with_exit_code_1(tmp_path, offline_wandb):

@@ -62,7 +62,7 @@ class FIDCallback(L.Callback):
         labels: "data" draws the labels in the validation split's class proportions (``class_mix``: the same
             labels every time), "uniform" equally often; fid.json records which.
         features, feature_weights, inception_weights, cache_dir, train_settings: the feature network
-            (``metrics.*``; see ``diffusion.evaluation.metrics.build_feature_net``).
+            (``fid_features.*``; see ``diffusion.evaluation.metrics.build_feature_net``).
         kid_subsets, kid_subset_size: KID's subsets (the size is capped by the image counts).
         precision: "trainer" samples under bf16 autocast when the run trains in bf16-mixed (1.8x faster on the
             2-core CPU, FID +0.5%), "32" always in float32, "bf16" always under autocast; fid.json records it.
