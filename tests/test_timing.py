@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from diffusion.training import timing
+from diffusion.training import run_timer as timing
 
 
 class Clock:

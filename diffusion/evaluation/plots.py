@@ -44,7 +44,7 @@ def read_metrics(path: str | Path) -> dict[str, list[tuple[float, float]]]:
 
 
 def read_history(path: str | Path) -> dict[str, list[tuple[float, float]]]:
-    """``history.jsonl`` of ``training.tracking.RunTracker`` (one JSON object a line) as {name: [(step, value)]}."""
+    """``history.jsonl`` of ``training.experiment_tracking.RunTracker`` (one JSON object a line) as {name: [(step, value)]}."""
     series: dict[str, list[tuple[float, float]]] = {}
     for line in Path(path).read_text().splitlines():
         entry = json.loads(line) if line.strip() else {}

@@ -250,7 +250,7 @@ CALLBACK = ByTarget(
 _LOGGER = {"_target_": Str(), "save_dir": PATH, "name": Str(null=True), "version": Str(null=True), "prefix": Str()}
 LOGGER = ByTarget(
     {
-        "diffusion.training.loggers.ResumableCSVLogger": Node(
+        "diffusion.training.csv_logger.ResumableCSVLogger": Node(
             {**_LOGGER, "flush_logs_every_n_steps": Int(min=1)}, closed_for=("diffusion.",)),
         "lightning.pytorch.loggers.TensorBoardLogger": Node(
             {**_LOGGER, "default_hp_metric": Bool(), "log_graph": Bool(), "sub_dir": OPTIONAL_PATH}, closed_for=("lightning.",)),

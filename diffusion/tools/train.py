@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion.core.labels import class_cycle
 from diffusion.data import images
-from diffusion.training import tracking
+from diffusion.training import experiment_tracking as tracking
 from diffusion.training.builders import apply_speed_options, build_module
 from diffusion.training.cadence import apply_validation_cadence
 from diffusion.training.callbacks import StepCheckpoint
@@ -34,7 +34,7 @@ from diffusion.training.checkpoints import (
 from diffusion.training.precision import fast_bf16_available
 from diffusion.training.progress_log import hide_lightning_noise
 from diffusion.training.resume import StepSeeds
-from diffusion.training.timing import RunTimer, describe
+from diffusion.training.run_timer import RunTimer, describe
 
 FAILED_VALUE = 1e9
 
