@@ -27,9 +27,10 @@ def build_sampler(cfg: DictConfig | dict, steps: int | None = None) -> Sampler:
 
 
 def sampler_names() -> list[str]:
-    """The samplers that ``sampler=NAME`` offers: the files of conf/sampler/, each a ``sample_<name>`` function of
-    ``core.samplers.all_samplers()`` with its settings (tests/test_extension.py keeps the two lists equal: the
-    functions are what the exact-denoiser harness runs, the files what a user names)."""
+    """The samplers that ``sampler=NAME`` offers: the files of conf/sampler/, each naming its function (``fn:``)
+    with its settings. Every ``sample_<name>`` of ``core.samplers.all_samplers()`` has its file (tests/test_extension.py:
+    the functions are what the exact-denoiser harness runs, the files what a user names); a file may also name a
+    user's own function, which needs nothing else."""
     return sorted(path.stem for path in (CONF_DIR / "sampler").glob("*.yaml"))
 
 
