@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: train test bench mutants clean-venv
+.PHONY: train test throughput mutants clean-venv
 
 # Re-install only when a requirements file changed since the last install.
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -19,7 +19,8 @@ test: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(ARGS)
 
-bench: $(VENV)/.installed
+# Renamed outright with the tool (`bench` -> `throughput`, issue 20), as the README says of the commands.
+throughput: $(VENV)/.installed
 	$(BIN)/python -m diffusion.tools.throughput $(ARGS)
 
 # Mutation testing of the diffusion math against its fast tests ([tool.mutmut] in pyproject.toml; BENCHMARKS.md).

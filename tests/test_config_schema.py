@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from diffusion.core.errors import ConfigError
 from diffusion.tools.config_check import check_config, plain, sites
 from diffusion.tools.config_schema import SAMPLE, SCHEMAS, TRAIN
-from diffusion.tools.config_types import Kind
+from diffusion.tools.config_types import ByTarget, Either, Kind, Node
 
 # Groups whose options can be combined freely: the i-th composed config takes each group's i-th option (cycled).
 FREE_GROUPS = ("data", "network", "schedule", "objective", "sampler", "optimizer", "trainer", "logger")
@@ -42,7 +42,7 @@ def configs() -> list[tuple[str, tuple[str, ...], DictConfig]]:
     runs += [("train", (f"{group}={name}",)) for group in ALONE for name in options(group) if name != "default"]
     runs += [("sample", ("ckpt=x",)), ("sample", ("ckpt=x", "sampler=restart"))]
     runs += [("evaluate", ("samples=x", f"data={name}")) for name in options("data")]
-    runs += [("features", ())]
+    runs += [("train_features", ())]
     return [(command, overrides, compose_config(command, overrides)) for command, overrides in runs]
 
 
@@ -111,6 +111,43 @@ def test_a_users_class_keeps_its_own_keys_while_declared_keys_are_checked():
     assert check(compose_config("train", ["+trainer.max_step=5"]), "train") == (
         "trainer.max_step is not a setting of trainer; did you mean trainer.max_steps? (check the spelling)")
     assert "sampler.options.etaa" in check(compose_config("train", ["+sampler.options.etaa=1"]), "train")
+
+
+def _class_names(spec, seen=None) -> set[str]:
+    """Every ``closed_for`` entry and ``ByTarget`` key under ``spec``: the code paths the schema names."""
+    seen = set() if seen is None else seen
+    children: list = []
+    if isinstance(spec, Node):
+        seen.update(spec.closed_for)
+        children = [*spec.keys.values(), spec.each]
+    elif isinstance(spec, ByTarget):
+        seen.update(spec.nodes)
+        children = list(spec.nodes.values())
+    elif isinstance(spec, Either):
+        children = list(spec.kinds)
+    for child in children:
+        _class_names(child, seen)
+    return seen
+
+
+def test_every_class_the_schema_names_imports():
+    """A renamed or moved class leaves no stale path in the schema: a stale one would leave its group open (a
+    typo in its keys passing the check and dying in Hydra's instantiate)."""
+    names = set().union(*(_class_names(schema) for schema in SCHEMAS.values()))
+    assert "diffusion.core.consistency_tuning.ConsistencyTuning" in names
+    for name in sorted(names):
+        if name.endswith("."):  # a module prefix
+            importlib.import_module(name[:-1])
+        else:
+            module, _, attr = name.rpartition(".")
+            assert hasattr(importlib.import_module(module), attr), name
+
+
+def test_a_misspelt_key_of_a_training_method_is_refused_by_name():
+    assert "did you mean training.method.P_mean?" in check(
+        compose_config("train", ["experiment=ect", "+training.method.P_meen=0.5"]), "train")
+    assert check(compose_config("train", ["+training.method.sigma_max=3"]), "train").startswith(
+        "training.method.sigma_max is not a setting of training.method")
 
 
 def _cli(value) -> str:

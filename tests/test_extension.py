@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from diffusion.core.samplers import all_samplers
 from diffusion.core.sampling import Sampler, resolve_function
-from diffusion.training.builders import build_module, sampler_from_conf, sampler_names
+from diffusion.training.builders import CONF_DIR, build_module, sampler_from_conf, sampler_names
 from diffusion.training.checkpoints import module_from_checkpoint
 
 USER_NET = textwrap.dedent(
@@ -123,7 +123,21 @@ class Shrinks(NoLabels):
         return self.conv(x)[..., 1:, 1:]
 
 
-@pytest.mark.parametrize("net, rule", [(NoLabels, "net(x, c_noise, labels)"), (Shrinks, "returned shape (2, 3, 15, 15)")])
+class ReturnsATuple(NoLabels):
+    def forward(self, x, c_noise, labels=None):
+        return (self.conv(x),)  # as diffusers' models do with return_dict=False
+
+
+class NoSizeArguments(torch.nn.Module):
+    def __init__(self, width: int = 4):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+
+
+@pytest.mark.parametrize("net, rule", [
+    (NoLabels, "net(x, c_noise, labels)"), (Shrinks, "returned shape (2, 3, 15, 15)"),
+    (ReturnsATuple, "returned a tuple, not a tensor"), (NoSizeArguments, "constructor takes num_classes and image_size"),
+])
 def test_a_network_that_breaks_the_contract_is_refused_when_built(net, rule):
     """Before any training step, in one line naming the rule (docs/architecture.md), not at the first checkpoint."""
     message = raises_config_error(tiny_module, [f"network._target_={__name__}.{net.__name__}", *NOT_A_UNET])
@@ -133,8 +147,10 @@ def test_a_network_that_breaks_the_contract_is_refused_when_built(net, rule):
 def test_a_sampler_is_one_function_and_one_config_file():
     names = sampler_names()
     assert {"ddpm", "ddim", "euler", "heun", "dpmpp_2m"} <= set(names)
-    # one name per sampler: conf/sampler/<name>.yaml for every sample_<name> function of core/samplers/
-    assert set(names) == set(all_samplers())
+    # The framework's own samplers: conf/sampler/<name>.yaml for every sample_<name> function of core/samplers/.
+    # A file naming a user's function (fn: mypkg.samplers.sample_x) is that sampler's whole registration.
+    own = {name for name in names if OmegaConf.load(CONF_DIR / "sampler" / f"{name}.yaml").fn.startswith("diffusion.")}
+    assert own == set(all_samplers())
     for name in names:  # every file of conf/sampler names a function that exists
         sampler = sampler_from_conf(name, steps=30)  # above every sampler's lowest sound step count (least_steps)
         assert callable(sampler.function) and sampler.steps == 30
@@ -195,3 +211,25 @@ def test_old_group_names_on_the_command_line_are_rewritten_with_one_note():
     assert len(notes) == 2 and "fid_features" in notes[1]
     cfg = compose_config("train", renamed_overrides(["model=large"], notes.append))
     assert cfg.network.base_channels == compose_config("train", ["network=large"]).network.base_channels
+
+
+def test_an_old_group_name_hydra_cannot_place_is_named_in_the_error(tmp_path):
+    """Where the rewrite of the command line cannot reach (a user's own experiment file, a key that moved), the
+    one-line error says what to write; the throughput tool rewrites old names like train.py."""
+    from hydra.errors import ConfigCompositionException
+
+    from diffusion.tools.cli import _composition_error
+    from diffusion.tools.throughput.measure import compose_config as throughput_config
+
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\ndefaults:\n  - override /model: large\n")
+    cases = {
+        (f"hydra.searchpath=[file://{tmp_path}]", "experiment=mine"): "the group model is now network: write network",
+        ("callbacks.fid.sampler.steps=5",): "write callbacks.fid.samplers.default.steps",
+    }
+    for overrides, hint in cases.items():
+        with pytest.raises(ConfigCompositionException) as info:
+            compose_config("train", overrides)
+        message = _composition_error(info.value)
+        assert hint in message and "\n" not in message, message
+    assert throughput_config("small", 8, ["model.base_channels=24"]).network.base_channels == 24

@@ -111,7 +111,7 @@ def test_unlabelled_data_asks_for_weights(tmp_path, sprite_dir):
 
 def test_config_defaults_match_code_defaults():
     """The callback without a `metrics` config uses TrainSettings' defaults: both must name the same network."""
-    cfg = compose_config("features")
+    cfg = compose_config("train_features")
     assert dict(cfg.fid_features.train) == dataclasses.asdict(TrainSettings())
     assert cfg.fid_features.features == "sprite"
 

@@ -19,7 +19,7 @@ from diffusion.data import images as image_files
 from diffusion.data.datamodule import ProceduralSprites
 from diffusion.data.procedural import generate_sprites
 from diffusion.evaluation.features import ARCH_VERSION, load_weights, save_weights, train_feature_net
-from diffusion.evaluation.metrics import ImageQuality, build_feature_net, fidelity_metrics, shard, to_uint8
+from diffusion.evaluation.metrics import ImageQuality, as_uint8_nchw, build_feature_net, fidelity_metrics, shard
 from diffusion.training.callbacks import SampleGrid
 
 
@@ -44,10 +44,10 @@ def perturbed(uint8: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:
     return x + sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
 
 
-def test_to_uint8_matches_saved_samples():
+def test_as_uint8_nchw_matches_saved_samples():
     x = torch.linspace(-1.2, 1.2, 3 * 16 * 16 * 4).reshape(4, 3, 16, 16)
-    assert np.array_equal(to_uint8(x).permute(0, 2, 3, 1).numpy(), image_files.to_uint8(x))
-    assert to_uint8(x).dtype == torch.uint8 and int(to_uint8(x).min()) == 0 and int(to_uint8(x).max()) == 255
+    assert np.array_equal(as_uint8_nchw(x).permute(0, 2, 3, 1).numpy(), image_files.to_uint8(x))
+    assert as_uint8_nchw(x).dtype == torch.uint8 and int(as_uint8_nchw(x).min()) == 0 and int(as_uint8_nchw(x).max()) == 255
 
 
 def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(sprites, weights):
@@ -80,7 +80,7 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(sprites, weights)
 
 
 def test_torchmetrics_and_torch_fidelity_agree(sprites, weights):
-    real, fake = sprites[:250], to_uint8(perturbed(sprites[250:450], 0.1))
+    real, fake = sprites[:250], as_uint8_nchw(perturbed(sprites[250:450], 0.1))
     n = len(fake)
     quality = ImageQuality(load_weights(weights), kid_subsets=3, kid_subset_size=n)
     quality.update_real(real)
@@ -92,7 +92,7 @@ def test_torchmetrics_and_torch_fidelity_agree(sprites, weights):
     # KID's random subsets differ (torch.randperm, real set first, against numpy's RandomState, samples first): each
     # library's figure is the unbiased MMD^2 of its own draws, min(1000, 250 // 2, 200 // 2) = 100 from each set
     # (both compute in float32, which leaves ~1e-6 of cancellation noise: compare a KID well above that)
-    fake = to_uint8(perturbed(sprites[250:450], 0.4))
+    fake = as_uint8_nchw(perturbed(sprites[250:450], 0.4))
     quality = ImageQuality(load_weights(weights), kid_subsets=2, kid_subset_size=1000, seed=0)
     quality.update_real(real)
     quality.update_fake(fake)
@@ -172,6 +172,23 @@ def test_experiment_ect_adds_one_named_sampler_to_the_fid_callback():
     assert fid.samplers["2step"].sigma_min == 0.821 and fid.history_path("2step").name == "fid_2step.json"
     plain = instantiate(compose_config("train", ["paths.output_dir=."]).callbacks.fid)
     assert list(plain.samplers) == ["default"] and plain.sampler.fn.endswith("sample_dpmpp_2m_sde") and plain.sampler.steps == 10
+
+
+def test_a_checkpoint_from_before_the_samplers_mapping_keeps_its_2step_history(tmp_path):
+    """experiment=ect before issue 20 stored a second FIDCallback under its suffix's key: resumed now, its history
+    is the `2step` sampler's and no state is left unclaimed."""
+    from diffusion.core.sampling import Sampler
+    from diffusion.evaluation.fid_callback import FIDCallback
+    from diffusion.training.resume import match_callback_states
+
+    samplers = {"default": Sampler("consistency", steps=1), "2step": Sampler("consistency", steps=2)}
+    callback = FIDCallback(dirpath=str(tmp_path), samplers=samplers)
+    one, two = [{"step": 10, "fid": 50.0}], [{"step": 10, "fid": 40.0}]
+    checkpoint = {"callbacks": {"FIDCallback": {"history": one}, "FIDCallback{'suffix': '_2step'}": {"history": two}}}
+    match_callback_states(checkpoint, [callback])
+    assert list(checkpoint["callbacks"]) == [callback.state_key]
+    callback.load_state_dict(checkpoint["callbacks"][callback.state_key])
+    assert callback.histories == {"default": one, "2step": two}
 
 
 def test_callback_logs_fid_in_a_tiny_run(tmp_path):

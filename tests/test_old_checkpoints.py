@@ -69,3 +69,26 @@ def test_a_stored_config_of_44e540d_reads_in_todays_group_names():
     config = stored_config(load_checkpoint(CHECKPOINT)["diffusion"])
     assert "model" not in config and "metrics" not in config
     assert config.network._target_ == "diffusion.nets.unet.UNet" and config.fid_features.features == "sprite"
+
+
+def test_every_class_a_stored_config_of_44e540d_names_imports_after_the_renames():
+    """A module renamed since (``training.loggers`` -> ``training.csv_logger``...) is rewritten by ``MOVED``."""
+    import importlib
+
+    from omegaconf import OmegaConf
+
+    def targets(node):
+        if isinstance(node, dict):
+            yield from ([node["_target_"]] if isinstance(node.get("_target_"), str) else [])
+            for value in node.values():
+                yield from targets(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from targets(value)
+
+    config = OmegaConf.to_container(stored_config(load_checkpoint(CHECKPOINT)["diffusion"]))
+    found = sorted(set(targets(config)))
+    assert "diffusion.training.csv_logger.ResumableCSVLogger" in found
+    for target in found:
+        module, _, name = target.rpartition(".")
+        assert hasattr(importlib.import_module(module), name), target

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from diffusion.training import timing
+from diffusion.training import run_timer
 
 
 class Clock:
@@ -18,12 +18,12 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch):
     clock = Clock()
-    monkeypatch.setattr(timing.time, "perf_counter", clock)
+    monkeypatch.setattr(run_timer.time, "perf_counter", clock)
     return clock
 
 
 def test_the_share_outside_training_counts_everything_but_the_batches(clock):
-    timer = timing.RunTimer()  # the job starts at 100 s
+    timer = run_timer.RunTimer()  # the job starts at 100 s
     clock.now = 110.0          # 10 s of start-up: data, feature network
     timer.on_train_start(None, None)
     for _ in range(3):         # three 2-second steps, 1 s between them (data loading)
@@ -44,11 +44,11 @@ def test_the_share_outside_training_counts_everything_but_the_batches(clock):
     assert summary["time/after_training_s"] == 6.0
     assert summary["time/between_steps_s"] == 3.0
     assert summary["time/outside_share"] == pytest.approx(0.8)
-    assert "80.0% outside training steps" in timing.describe(summary)
+    assert "80.0% outside training steps" in run_timer.describe(summary)
 
 
 def test_a_resumed_fit_keeps_its_first_start(clock):
-    timer = timing.RunTimer()
+    timer = run_timer.RunTimer()
     clock.now += 3.0
     timer.on_train_start(None, None)
     clock.now += 4.0
@@ -57,7 +57,7 @@ def test_a_resumed_fit_keeps_its_first_start(clock):
 
 
 def test_a_batch_end_without_its_start_adds_nothing(clock):
-    timer = timing.RunTimer()
+    timer = run_timer.RunTimer()
     timer.on_train_batch_end(None, None)  # a resumed run: the batch began before the checkpoint
     timer.on_validation_end(None, None)
     clock.now += 4.0

@@ -99,7 +99,7 @@ def tensorboard_session(log_dir: Path) -> tuple[dict, list[str]]:
 
 
 def test_flat_config_has_dotted_keys_and_class_names():
-    from diffusion.training.tracking import flat_config
+    from diffusion.training.experiment_tracking import flat_config
 
     cfg = compose_config("train", ["optimizer.lr=0.0042", "schedule=cosine", "tags=[a,b]"])
     flat = flat_config(cfg)
@@ -111,7 +111,7 @@ def test_flat_config_has_dotted_keys_and_class_names():
 
 
 def test_wandb_run_id_is_kept_for_a_resumed_run(tmp_path, offline_wandb):
-    from diffusion.training.tracking import WANDB_RUN_FILE, prepare_wandb
+    from diffusion.training.experiment_tracking import WANDB_RUN_FILE, prepare_wandb
 
     ids = []
     for _ in range(2):  # the second call is what `ckpt_path=last` does in the same run directory
@@ -123,14 +123,17 @@ def test_wandb_run_id_is_kept_for_a_resumed_run(tmp_path, offline_wandb):
     assert len(ids[0]) == 8
 
 
-def test_plots_need_no_csv_logger(tmp_path):
-    from diffusion.evaluation.plots import plot_run
+def test_plots_need_no_csv_logger(tmp_path, capsys):
+    from diffusion.evaluation.plots import main, plot_run
 
     lines = [{"step": s, "train/loss": 1.0 / s} for s in range(1, 9)] + [{"step": 8, "val/loss": 0.2}]
     (tmp_path / "history.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     history = [{"step": 4, "fid": 9.0, "kid_mean": 0.1}, {"step": 8, "fid": 5.0, "kid_mean": 0.05}]
     (tmp_path / "fid.json").write_text(json.dumps({"features": "sprite-x", "history": history}))
     assert {p.name for p in plot_run(tmp_path)} == {"loss.png", "fid.png"}
+    with pytest.raises(SystemExit) as done:  # the command answers --help instead of plotting a run called --help
+        main(["--help"])
+    assert done.value.code == 0 and "RUN_DIR" in capsys.readouterr().out
 
 
 def test_finishing_a_failed_job_closes_its_wandb_run_with_exit_code_1(tmp_path, offline_wandb):
@@ -171,7 +174,7 @@ def test_sweep_summary_names_the_best_command_and_draws_the_sweep(tmp_path, caps
 
 
 def test_evaluate_logs_a_linked_wandb_run(tmp_path, offline_wandb):
-    from diffusion.tools.records import log_evaluation
+    from diffusion.tools.output_records import log_evaluation
 
     train_dir = tmp_path / "run"
     (train_dir / "samples").mkdir(parents=True)
@@ -243,7 +246,7 @@ def test_final_grid_and_opt_in_export_artifact_reach_wandb(tmp_path, offline_wan
     from lightning.pytorch.loggers import WandbLogger
 
     from diffusion.data import images
-    from diffusion.training.tracking import finish_run, finish_wandb
+    from diffusion.training.experiment_tracking import finish_run, finish_wandb
 
     images.save_png(np.zeros((18, 18, 3), dtype=np.uint8), tmp_path / "samples" / "final.png")
     (tmp_path / "checkpoints").mkdir()
@@ -271,7 +274,7 @@ def test_resumed_tensorboard_curve_has_each_step_once(tmp_path):
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from diffusion.training.tracking import RunTracker
+    from diffusion.training.experiment_tracking import RunTracker
 
     first = TensorBoardLogger(str(tmp_path), name="tensorboard", version="")
     for step in range(6):

@@ -22,7 +22,7 @@ from diffusion.core.denoiser import Denoiser
 from diffusion.core.denoising_loss import noise_like
 from diffusion.core.errors import ConfigError
 from diffusion.core.objectives import EDMPreconditioning
-from diffusion.core.schedules import EDMSchedule
+from diffusion.core.schedules import EDMSchedule, log_normal
 
 
 def ect_r(t: Tensor, stage: int, q: float = 2.0, k: float = 8.0, b: float = 1.0) -> Tensor:
@@ -96,8 +96,7 @@ class ConsistencyTuning:
         return step // self.stage_steps
 
     def sample_t(self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
-        z = torch.randn(n, generator=generator, device="cpu")
-        return (self.P_mean + self.P_std * z).exp().to(device)
+        return log_normal(n, self.P_mean, self.P_std, device, generator)
 
     # The signature of every training method (docs/architecture.md), repeated by design in denoising_loss.
     def __call__(

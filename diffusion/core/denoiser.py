@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -40,7 +41,12 @@ class Denoiser(nn.Module):
 
     def raw(self, x: Tensor, sigma: Tensor, labels: Tensor | None) -> Tensor:
         """F evaluated on the preconditioned input, returned in float32 whatever the autocast dtype."""
-        return self.net(self.c_in(sigma) * x, self.schedule.c_noise(sigma).flatten(), labels).float()
+        return self.net_output(x, sigma, labels).float()
+
+    def net_output(self, x: Tensor, sigma: Tensor, labels: Tensor | None) -> Any:
+        """The network's output on the preconditioned input as it returns it (a contract-breaking network may return
+        a tuple or an output object: ``training.module.check_network`` refuses it from this)."""
+        return self.net(self.c_in(sigma) * x, self.schedule.c_noise(sigma).flatten(), labels)
 
     def forward(self, x: Tensor, sigma: Tensor, labels: Tensor | None = None) -> Tensor:
         sigma = per_sample(sigma, x)

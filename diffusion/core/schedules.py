@@ -236,6 +236,13 @@ class SigmoidSchedule(ContinuousVPSchedule):
         return (self.tau * torch.logit(v) - self.start) / (self.end - self.start)
 
 
+def log_normal(n: int, P_mean: float, P_std: float, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
+    """n noise levels with ln(sigma) ~ N(P_mean, P_std^2): EDM's training distribution (Karras et al. 2022, sec. 5)
+    and ECT's of t (Geng et al. 2024). Drawn on the CPU, so a seeded generator gives the same levels on any device."""
+    z = torch.randn(n, generator=generator, device="cpu")
+    return (P_mean + P_std * z).exp().to(device)
+
+
 class EDMSchedule(Schedule):
     """Karras et al. 2022: training levels ln(sigma) ~ N(P_mean, P_std^2) (sec. 5), c_noise = ln(sigma) / 4
     (Table 1), and the rho = 7 spacing (eq. 5) as its own sampling levels."""
@@ -256,8 +263,7 @@ class EDMSchedule(Schedule):
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
 
     def sample_sigma(self, n, device="cpu", generator=None):
-        z = torch.randn(n, generator=generator, device="cpu")
-        return (self.P_mean + self.P_std * z).exp().to(device)
+        return log_normal(n, self.P_mean, self.P_std, device, generator)
 
     def c_noise(self, sigma):
         return sigma.float().log() / 4

@@ -21,6 +21,9 @@ from diffusion.training.cadence import Cadence
 from diffusion.training.module import DiffusionModule
 from diffusion.training.precision import callback_bf16
 
+# The state key of an extra FID sampler's own callback before issue 20 (``suffix: _2step`` -> the name ``2step``).
+OLD_SUFFIX_KEY = re.compile(r"FIDCallback\{'suffix': '_([A-Za-z0-9_]+)'\}")
+
 
 class FIDCallback(L.Callback):
     """At validations, every ``every_n_steps`` training steps or ``fraction`` of the run (and at the last
@@ -59,7 +62,7 @@ class FIDCallback(L.Callback):
         labels: "data" draws the labels in the validation split's class proportions (``class_mix``: the same
             labels every time), "uniform" equally often; fid.json records which.
         features, feature_weights, inception_weights, cache_dir, train_settings: the feature network
-            (``metrics.*``; see ``diffusion.evaluation.metrics.build_feature_net``).
+            (``fid_features.*``; see ``diffusion.evaluation.metrics.build_feature_net``).
         kid_subsets, kid_subset_size: KID's subsets (the size is capped by the image counts).
         precision: "trainer" samples under bf16 autocast when the run trains in bf16-mixed (1.8x faster on the
             2-core CPU, FID +0.5%), "32" always in float32, "bf16" always under autocast; fid.json records it.
@@ -294,6 +297,17 @@ class FIDCallback(L.Callback):
     def state_dict(self) -> dict[str, Any]:  # in checkpoints: a resumed run continues its fid.json histories and cadence
         others = {name: history for name, history in self.histories.items() if name != "default"}
         return {"history": self.history, "features": self.version, "histories": others, "cadence": self.cadence.state_dict()}
+
+    def claim_old_states(self, states: dict[Any, Any]) -> None:
+        """Called by ``training.resume.match_callback_states`` before the states are handed out: before issue 20 an
+        extra FID sampler was a second FIDCallback keyed by its ``suffix`` (experiment=ect's
+        ``FIDCallback{'suffix': '_2step'}``); its history becomes this callback's ``histories[NAME]``, so a run
+        resumed from such a checkpoint keeps it instead of leaving it unclaimed."""
+        for key in [key for key in states if isinstance(key, str)]:
+            old = OLD_SUFFIX_KEY.fullmatch(key)
+            if old and old.group(1) in self.histories:
+                own = states.setdefault(self.state_key, {})
+                own.setdefault("histories", {})[old.group(1)] = list(states.pop(key).get("history", []))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.histories["default"] = list(state_dict.get("history", []))

@@ -33,7 +33,7 @@ INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2
 INCEPTION_VERSION = "inception-v3-compat-2048"
 
 
-def to_uint8(x: Tensor) -> Tensor:
+def as_uint8_nchw(x: Tensor) -> Tensor:
     """[-1, 1] images (N, 3, H, W) -> uint8 (N, 3, H, W) on the same device; uint8 input passes through.
 
     The rounding is ``images.quantize``, as for saved samples, so in-training figures match theirs."""
@@ -197,7 +197,7 @@ class ImageQuality(nn.Module):
 
     def _update(self, images: Tensor, real: bool, batch_size: int) -> None:
         for start in range(0, len(images), batch_size):
-            chunk = to_uint8(images[start : start + batch_size]).to(self.device)
+            chunk = as_uint8_nchw(images[start : start + batch_size]).to(self.device)
             self.fid.update(chunk, real=real)
             self.kid.update(chunk, real=real)
 

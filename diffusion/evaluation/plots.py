@@ -9,11 +9,11 @@ state. Also runnable: ``python -m diffusion.evaluation.plots RUN_DIR``.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,7 @@ def read_metrics(path: str | Path) -> dict[str, list[tuple[float, float]]]:
 
 
 def read_history(path: str | Path) -> dict[str, list[tuple[float, float]]]:
-    """``history.jsonl`` of ``training.tracking.RunTracker`` (one JSON object a line) as {name: [(step, value)]}."""
+    """``history.jsonl`` of ``training.experiment_tracking.RunTracker`` (one JSON object a line) as {name: [(step, value)]}."""
     series: dict[str, list[tuple[float, float]]] = {}
     for line in Path(path).read_text().splitlines():
         entry = json.loads(line) if line.strip() else {}
@@ -257,7 +257,16 @@ def plot_sweep(rows: list[dict], swept: list[str], metric: str, path: Path, swee
     return path
 
 
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m diffusion.evaluation.plots",
+        description="Loss, FID and samples-over-training plots of finished runs, written to RUN_DIR/plots/ (the paths printed).",
+    )
+    parser.add_argument("run_dirs", nargs="*", default=["."], metavar="RUN_DIR", help="a run directory (default: .)")
+    for run in parser.parse_args(argv).run_dirs:
+        for path in plot_run(run):
+            print(path)
+
+
 if __name__ == "__main__":
-    for run in sys.argv[1:] or ["."]:
-        for p in plot_run(run):
-            print(p)
+    main()

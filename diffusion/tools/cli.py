@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -12,6 +13,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from diffusion.core.errors import ConfigError
+from diffusion.training.renamed_groups import renamed_hint
 
 
 def wandb_mode() -> str:
@@ -108,6 +110,10 @@ def _composition_error(err: BaseException) -> str:
         group, name = missing.rsplit("/", 1)
         return f"unknown option {group}={name}; choose one of {', '.join(options)}"
     lines = []
+    stale = re.search(r"Could not override '([^']+)'", str(err))
+    hint = renamed_hint(stale.group(1)) if stale else None
+    if hint:  # an old group name in a user's own config file (`override /model: large`) or a key that moved
+        return f"{str(err).splitlines()[0].rstrip('.')}; {hint}"
     for line in str(err).splitlines():
         if line.strip().startswith(("Config search path", "See https://hydra.cc")):
             break

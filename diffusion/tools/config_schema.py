@@ -1,9 +1,9 @@
-"""The declared type and range of every user-facing key of ``train.py``, ``sample.py``, ``evaluate`` and ``features``.
+"""The declared type and range of every user-facing key of ``train.py``, ``sample.py``, ``evaluate`` and ``train_features``.
 
 One table per config group (the kinds are in ``diffusion.tools.config_types``; why a table rather than Hydra
 structured configs is said there). A new key of a framework class is one entry here; without it the run stops
 with ``<key> is not a setting of <group>`` and ``tests/test_config_schema.py`` fails on the default configs.
-A user's own class (``model._target_=mypkg.Net``, ``sampler.fn=mypkg.sample_x``, a callback of their own) leaves
+A user's own class (``network._target_=mypkg.Net``, ``sampler.fn=mypkg.sample_x``, a callback of their own) leaves
 its group open: its extra keys pass, the keys declared here are still checked.
 
 The choices come from the code that defines them (``LR_SCHEDULES``, ``SPACINGS``, ``CLIP_MODES``...), so the
@@ -64,8 +64,8 @@ DATA = Node(
     closed_for=("diffusion.data.datamodule.",),
 )
 
-# -- the model, its schedule and objective ----------------------------------------------------------------------------
-MODEL = Node(
+# -- the network, its schedule and objective ----------------------------------------------------------------------------
+NETWORK = Node(
     {
         "_target_": Str(), "base_channels": Int(min=1), "channel_mult": ListOf(Int(min=1), min_length=1),
         "num_res_blocks": Int(min=1), "attn_resolutions": ListOf(Int(min=1)), "dropout": Float(low=0, high=1, high_open=True),
@@ -120,13 +120,17 @@ OPTIMIZER = Node(
     },
     closed_for=("torch.optim.Adam", "torch.optim.AdamW"),
 )
-TRAINING_METHOD = Node(
+# A training method is one loss class per ``_target_`` (diffusion/core/): each names its own keys, so a typo in
+# one (``+training.method.P_meen``) stops at the check instead of in Hydra's instantiate.
+TRAINING_METHOD = ByTarget(
     {
-        "_target_": Str(), "P_mean": Float(), "P_std": POSITIVE, "q": Float(low=1, low_open=True), "k": NON_NEGATIVE,
-        "b": NON_NEGATIVE, "c": NON_NEGATIVE, "stage_steps": Int(min=1),
-    },
-    closed_for=("diffusion.core.consistency.ConsistencyTuning",),
-    null=True,
+        "diffusion.core.denoising_loss.DenoisingLoss": Node({"_target_": Str()}, closed_for=("diffusion.",)),
+        "diffusion.core.consistency_tuning.ConsistencyTuning": Node(
+            {"_target_": Str(), "P_mean": Float(), "P_std": POSITIVE, "q": Float(low=1, low_open=True), "k": NON_NEGATIVE,
+             "b": NON_NEGATIVE, "c": NON_NEGATIVE, "stage_steps": Int(min=1)},
+            closed_for=("diffusion.",),
+        ),
+    }
 )
 TRAINING = Node(
     {
@@ -246,7 +250,7 @@ CALLBACK = ByTarget(
 _LOGGER = {"_target_": Str(), "save_dir": PATH, "name": Str(null=True), "version": Str(null=True), "prefix": Str()}
 LOGGER = ByTarget(
     {
-        "diffusion.training.loggers.ResumableCSVLogger": Node(
+        "diffusion.training.csv_logger.ResumableCSVLogger": Node(
             {**_LOGGER, "flush_logs_every_n_steps": Int(min=1)}, closed_for=("diffusion.",)),
         "lightning.pytorch.loggers.TensorBoardLogger": Node(
             {**_LOGGER, "default_hp_metric": Bool(), "log_graph": Bool(), "sub_dir": OPTIONAL_PATH}, closed_for=("lightning.",)),
@@ -257,7 +261,7 @@ LOGGER = ByTarget(
              "job_type": Str(null=True)}),
     }
 )
-METRICS = Node(
+FID_FEATURES = Node(
     {
         "features": FEATURES, "feature_weights": OPTIONAL_PATH, "inception_weights": OPTIONAL_PATH, "cache_dir": PATH,
         "train": Node(
@@ -278,9 +282,9 @@ TRAIN = Node(
         "validation": Node(_CADENCE, always_closed=True),
         "training": TRAINING,
         "final_samples": Node({"n": Int(min=1), "seed": SEED}, always_closed=True),
-        "data": DATA, "network": MODEL, "schedule": SCHEDULE, "objective": OBJECTIVE, "sampler": SAMPLER, "module": MODULE,
+        "data": DATA, "network": NETWORK, "schedule": SCHEDULE, "objective": OBJECTIVE, "sampler": SAMPLER, "module": MODULE,
         "optimizer": OPTIMIZER, "trainer": TRAINER, "logger": Node(each=LOGGER, always_closed=True, null=True),
-        "fid_features": METRICS, "callbacks": Node(each=CALLBACK, always_closed=True, null=True), "paths": PATHS,
+        "fid_features": FID_FEATURES, "callbacks": Node(each=CALLBACK, always_closed=True, null=True), "paths": PATHS,
         "hydra": Anything(),
     },
     always_closed=True,
@@ -300,12 +304,12 @@ EVALUATE = Node(
         "samples": PATH, "out": OPTIONAL_PATH, "reference": Choice(("val", "train")), "seed": SEED,
         "kid_subsets": Int(min=1), "kid_subset_size": Int(min=2), "prc_neighborhood": Int(min=1), "isc": Bool(),
         "batch_size": Int(min=1), "device": DEVICE, "wandb": Either((Bool(), Choice(("auto",)))),
-        "data": DATA, "paths": PATHS, "fid_features": METRICS, "hydra": Anything(),
+        "data": DATA, "paths": PATHS, "fid_features": FID_FEATURES, "hydra": Anything(),
     },
     always_closed=True,
 )
-FEATURES_TOOL = Node(
-    {"seed": SEED, "out": OPTIONAL_PATH, "force": Bool(), "data": DATA, "paths": PATHS, "fid_features": METRICS, "hydra": Anything()},
+TRAIN_FEATURES = Node(
+    {"seed": SEED, "out": OPTIONAL_PATH, "force": Bool(), "data": DATA, "paths": PATHS, "fid_features": FID_FEATURES, "hydra": Anything()},
     always_closed=True,
 )
-SCHEMAS = {"train": TRAIN, "sample": SAMPLE, "evaluate": EVALUATE, "features": FEATURES_TOOL}
+SCHEMAS = {"train": TRAIN, "sample": SAMPLE, "evaluate": EVALUATE, "train_features": TRAIN_FEATURES}

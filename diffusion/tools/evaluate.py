@@ -72,7 +72,7 @@ def evaluate(cfg) -> dict[str, Any]:
         inception_weights_path,
         kid_subset_size_used,
     )
-    from diffusion.tools.records import log_evaluation, save_config
+    from diffusion.tools.output_records import log_evaluation, save_config
 
     start = time.perf_counter()
     sprite = check_feature_choice(cfg.fid_features.features) == "sprite"

@@ -117,7 +117,7 @@ class FinishWandbRun(Callback):
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
 
-        from diffusion.training.tracking import finish_wandb
+        from diffusion.training.experiment_tracking import finish_wandb
 
         finish_wandb(0 if job_return.status == JobStatus.COMPLETED else 1)
 

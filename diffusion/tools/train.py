@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion.core.labels import class_cycle
 from diffusion.data import images
-from diffusion.training import tracking
+from diffusion.training import experiment_tracking
 from diffusion.training.builders import apply_speed_options, build_module
 from diffusion.training.cadence import apply_validation_cadence
 from diffusion.training.callbacks import StepCheckpoint
@@ -34,7 +34,7 @@ from diffusion.training.checkpoints import (
 from diffusion.training.precision import fast_bf16_available
 from diffusion.training.progress_log import hide_lightning_noise
 from diffusion.training.resume import StepSeeds
-from diffusion.training.timing import RunTimer, describe
+from diffusion.training.run_timer import RunTimer, describe
 
 FAILED_VALUE = 1e9
 
@@ -110,8 +110,8 @@ def train(cfg: DictConfig) -> float:
     # of a validation after the best checkpoints, so that it holds their record of that validation too (Lightning
     # itself moves every checkpoint callback behind the others, keeping this order).
     callbacks.sort(key=lambda cb: 2 if isinstance(cb, StepCheckpoint) else isinstance(cb, WeightAveraging))
-    tracking.prepare_wandb(cfg, run_dir)
-    callbacks.append(tracking.RunTracker(tracking.run_hparams(cfg, module, datamodule), run_dir))
+    experiment_tracking.prepare_wandb(cfg, run_dir)
+    callbacks.append(experiment_tracking.RunTracker(experiment_tracking.run_hparams(cfg, module, datamodule), run_dir))
     callbacks.append(timer)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.get("logger")) or False)
 
@@ -146,7 +146,7 @@ def train(cfg: DictConfig) -> float:
         rank_zero_info(describe(metrics))
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         write_plots(run_dir)
-        tracking.finish_run(trainer, metrics, run_dir, artifact=cfg.get("wandb_artifact", False))
+        experiment_tracking.finish_run(trainer, metrics, run_dir, artifact=cfg.get("wandb_artifact", False))
         if "failed" in metrics:
             print(f"warning: {metrics['failed']}", file=sys.stderr)
     return value

@@ -16,13 +16,13 @@ def main() -> None:
 
     from diffusion.tools.cli import check_settings, reports_user_errors, run_hydra_main
 
-    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="features")
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train_features")
     @reports_user_errors
     def run(cfg: DictConfig) -> None:
         from hydra.utils import instantiate
         from omegaconf import OmegaConf
 
-        check_settings(cfg, "features")
+        check_settings(cfg, "train_features")
         datamodule = instantiate(cfg.data)
         datamodule.prepare_data()
         start = time.perf_counter()

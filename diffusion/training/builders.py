@@ -8,12 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion.core.errors import ConfigError
 from diffusion.core.sampling import Sampler
 from diffusion.training.module import DiffusionModule
+
+NETWORK_ARGUMENTS = "a network's constructor takes num_classes and image_size, which the data decides (docs/architecture.md)"
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -24,9 +27,10 @@ def build_sampler(cfg: DictConfig | dict, steps: int | None = None) -> Sampler:
 
 
 def sampler_names() -> list[str]:
-    """The samplers that ``sampler=NAME`` offers: the files of conf/sampler/, each a ``sample_<name>`` function of
-    ``core.samplers.all_samplers()`` with its settings (tests/test_extension.py keeps the two lists equal: the
-    functions are what the exact-denoiser harness runs, the files what a user names)."""
+    """The samplers that ``sampler=NAME`` offers: the files of conf/sampler/, each naming its function (``fn:``)
+    with its settings. Every ``sample_<name>`` of ``core.samplers.all_samplers()`` has its file (tests/test_extension.py:
+    the functions are what the exact-denoiser harness runs, the files what a user names); a file may also name a
+    user's own function, which needs nothing else."""
     return sorted(path.stem for path in (CONF_DIR / "sampler").glob("*.yaml"))
 
 
@@ -61,17 +65,31 @@ def apply_speed_options(net: torch.nn.Module, channels_last: bool = False, compi
         net.compile()
 
 
+def build_network(cfg: DictConfig, num_classes: int, image_size: int) -> torch.nn.Module:
+    """The network of a ``network`` node, built for the data's class count and image size; a constructor that
+    refuses them (the contract of docs/architecture.md) is one line naming the rule instead of Hydra's traceback."""
+    try:
+        return instantiate(cfg, num_classes=num_classes, image_size=image_size)
+    except InstantiationException as err:
+        cause = err.__cause__ or err
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        detail = (str(cause).splitlines() or [type(cause).__name__])[0]
+        rule = f"; {NETWORK_ARGUMENTS}" if isinstance(cause, TypeError) else ""
+        raise ConfigError(f"network {cfg.get('_target_')} could not be built ({detail}){rule}") from None
+
+
 def build_module(
     cfg: DictConfig, num_classes: int, image_size: int, class_names: list[str], class_counts: list[int] | None = None
 ) -> DiffusionModule:
-    """The DiffusionModule a run config describes (its ``module`` node, whose parts interpolate the ``model``,
+    """The DiffusionModule a run config describes (its ``module`` node, whose parts interpolate the ``network``,
     ``schedule``, ``objective``, ``optimizer`` and ``sampler`` groups); the data decides the class count and image
     size, and its class counts travel in the checkpoint."""
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # plain data for the checkpoint
     check_optimizer(config["optimizer"])
     node = OmegaConf.create(config["module"])
-    size = {"num_classes": num_classes, "image_size": image_size}
-    module = instantiate(node, net=size, **size, class_names=list(class_names))
+    net = build_network(node.net, num_classes, image_size)
+    module = instantiate(node, net=net, num_classes=num_classes, image_size=image_size, class_names=list(class_names))
     module.config = config
     module.class_counts = list(class_counts) if class_counts is not None else None
     return module

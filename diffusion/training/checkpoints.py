@@ -165,6 +165,10 @@ MOVED = {
     "diffusion.sampling.": "diffusion.core.sampling.",
     "diffusion.module.": "diffusion.training.module.",
     "diffusion.core.consistency.": "diffusion.core.consistency_tuning.",
+    # issue 20's names for what records a run (a stored config's logger names its class)
+    "diffusion.training.loggers.": "diffusion.training.csv_logger.",
+    "diffusion.training.tracking.": "diffusion.training.experiment_tracking.",
+    "diffusion.training.timing.": "diffusion.training.run_timer.",
 }
 
 

@@ -27,7 +27,11 @@ def check_network(denoiser: Denoiser, num_classes: int, image_size: int) -> None
     """Refuse, in one line and before any training step, a network that breaks ``NETWORK_CONTRACT``: a dry forward
     pass on two images, labelled with the first class and the null class (``num_classes``; None when unconditional).
     It runs in eval mode, without gradients and with the CPU generator's state restored afterwards, so a run draws
-    the same random numbers with the check as without it."""
+    the same random numbers with the check as without it.
+
+    The dry run is on the CPU, where the module is built before Lightning moves it: a network that runs only on a
+    GPU is refused on purpose, as checkpoints are rebuilt on the CPU (``checkpoints.module_from_checkpoint``) and
+    ``sample.py device=cpu`` and the tests run there too; the error says so."""
     net = denoiser.net
     x = torch.zeros(2, 3, image_size, image_size)
     labels = torch.tensor([0, num_classes]) if num_classes else None
@@ -35,12 +39,14 @@ def check_network(denoiser: Denoiser, num_classes: int, image_size: int) -> None
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             net.eval()
-            output = denoiser.raw(x, per_sample(torch.ones(()), x), labels)
+            output = denoiser.net_output(x, per_sample(torch.ones(()), x), labels)
     except (TypeError, RuntimeError, IndexError, ValueError) as err:
         detail = (str(err).splitlines() or [type(err).__name__])[0]
-        raise ConfigError(f"network {type(net).__name__} failed a dry run on {image_size}x{image_size} images with {num_classes} classes ({detail}); {NETWORK_CONTRACT}") from None
+        raise ConfigError(f"network {type(net).__name__} failed a dry run on the CPU on {image_size}x{image_size} images with {num_classes} classes ({detail}); {NETWORK_CONTRACT}") from None
     finally:
         net.train(was_training)
+    if not isinstance(output, Tensor):
+        raise ConfigError(f"network {type(net).__name__} returned a {type(output).__name__}, not a tensor; {NETWORK_CONTRACT}")
     if tuple(output.shape) != tuple(x.shape):
         raise ConfigError(f"network {type(net).__name__} returned shape {tuple(output.shape)} for input {tuple(x.shape)}; {NETWORK_CONTRACT}")
 

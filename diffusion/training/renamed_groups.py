@@ -13,6 +13,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 RENAMED_GROUPS = {"model": "network", "metrics": "fid_features"}
+# Keys below a group that moved (the FID callback's one sampler became the `default` entry of a mapping): only
+# named in the error for a stale override, as their old settings cannot all be carried over by a rename.
+MOVED_KEYS = {"callbacks.fid.sampler": "callbacks.fid.samplers.default"}
 
 _OVERRIDE = re.compile(r"^(~|\+\+|\+)?([A-Za-z_]\w*)(?=[.=@]|$)")
 
@@ -39,3 +42,16 @@ def renamed_overrides(args: Sequence[str], note: Callable[[str], None] | None = 
 def renamed_keys(config: dict) -> dict:
     """A stored config's top-level keys in today's names (a checkpoint written before the renames)."""
     return {RENAMED_GROUPS.get(key, key) if RENAMED_GROUPS.get(key) not in config else key: value for key, value in config.items()}
+
+
+def renamed_hint(key: str) -> str | None:
+    """What to write instead of an override or defaults entry ``key`` that Hydra could not place because its group
+    or key was renamed (``model.base_channels``, ``override /model: large``, ``callbacks.fid.sampler.steps``)."""
+    key = key.lstrip("~+/")
+    group = re.split(r"[.=@/]", key, maxsplit=1)[0]
+    if group in RENAMED_GROUPS:
+        return f"the group {group} is now {RENAMED_GROUPS[group]}: write {RENAMED_GROUPS[group]}{key[len(group):]}"
+    for old, new in MOVED_KEYS.items():
+        if key == old or key.startswith(old + "."):
+            return f"{old} is now {new}: write {new}{key[len(old):]}"
+    return None

@@ -12,6 +12,13 @@ from collections.abc import Callable
 
 PREFIX = "sample_"
 
+# Repeats by design (what `duplicates` pairs across these modules): every sampler spells out the same signature,
+# `(denoiser, x, sigmas, *, <its options>, generator=None, callback=None)`, and the same loop head over sigmas.
+# The signature is the contract (``common``), as in k-diffusion: each function's own options stay visible to
+# ``Sampler``'s option check and to a reader, where a shared wrapper or **kwargs would hide them. Loops that were
+# one algorithm are one function (DPM-Solver++(2M) is ``sde.sample_dpmpp_2m_sde`` at eta = 0). The pairs with
+# ``evaluation/features.train_feature_net`` are the same shape only: a list of typed keyword defaults.
+
 
 def all_samplers() -> dict[str, Callable]:
     """Every ``sample_<name>`` function defined in this package's modules, by name."""

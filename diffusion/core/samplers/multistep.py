@@ -9,30 +9,19 @@ from torch import Tensor
 from diffusion.core.denoiser import DenoiserFn
 from diffusion.core.errors import ConfigError
 from diffusion.core.samplers.common import Callback, notify, to_d
+from diffusion.core.samplers.sde import sample_dpmpp_2m_sde
 
 
 @torch.no_grad()
 def sample_dpmpp_2m(
     denoiser: DenoiserFn, x: Tensor, sigmas: Tensor, *, generator: torch.Generator | None = None, callback: Callback = None
 ) -> Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) in log-sigma time lambda = -log(sigma)."""
-    old_denoised, h_last = None, None
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = denoiser(x, sigma)
-        if sigma_next == 0:
-            x = denoised
-        else:
-            h = sigma.log() - sigma_next.log()
-            estimate = denoised
-            if old_denoised is not None:
-                r = h_last / h
-                estimate = (1 + 1 / (2 * r)) * denoised - 1 / (2 * r) * old_denoised
-            x = (sigma_next / sigma) * x - torch.expm1(-h) * estimate
-            h_last = h
-        old_denoised = denoised
-        notify(callback, i, x, denoised)
-    return x
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) in log-sigma time lambda = -log(sigma).
+
+    Its step, x_next = (sigma_next / sigma) x - (e^{-h} - 1) ((1 + 1/(2r)) D_i - D_{i-1} / (2r)) with r = h_last / h,
+    is term by term the midpoint DPM-Solver++(2M) SDE step at eta = 0, so it is ``sde.sample_dpmpp_2m_sde`` with
+    eta = 0 (no noise is drawn): one loop for both keeps them equal, where k-diffusion writes two."""
+    return sample_dpmpp_2m_sde(denoiser, x, sigmas, eta=0.0, s_noise=1.0, generator=generator, callback=callback)
 
 
 # Adams-Bashforth weights for equal steps, newest derivative first (iPNDM's table, orders 1 to 4).

@@ -18,7 +18,7 @@ the CPU has fast bf16), a short run (``trainer.max_steps``, a few thousand proce
 and prints training images/s (over the last three quarters of the steps) with the share of the GPU's dense bf16
 peak it reaches (FLOPs per image of one forward and backward, counted by FlopCounterMode). One PASS/FAIL line a
 check; the exit status is 0 only when every check passed. KEY=VALUE arguments go to every train.py run last
-(e.g. ``model=large``, or a small data set: ``data=sprites data.dir=DIR``).
+(e.g. ``network=large``, or a small data set: ``data=sprites data.dir=DIR``).
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ from pathlib import Path
 import torch
 
 from diffusion.data.procedural import generate_sprites
-from diffusion.tools.cli import integer_at_least
+from diffusion.tools.cli import integer_at_least, run_hydra_main
 from diffusion.tools.throughput.contenders import compare_training
 from diffusion.tools.throughput.machine import OtherLoad, describe_machine, pick_precision
 from diffusion.tools.throughput.measure import PeakMemory, Plan, compose_config, fresh_module
@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     quiet_lightning()
-    result = run(args)
+    result = run_hydra_main(lambda: run(args))  # a bad override ends as one `error:` line, as on train.py
     print(format_report(result))
     line = json.dumps(result)
     print(line)

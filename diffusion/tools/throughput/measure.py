@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from diffusion.data.procedural import CLASSES
 from diffusion.training.builders import build_module
 from diffusion.training.module import DiffusionModule
+from diffusion.training.renamed_groups import renamed_overrides
 
 ROOT = Path(__file__).resolve().parents[3]
 CONF_DIR = ROOT / "conf"
@@ -174,7 +175,7 @@ def compose_config(model: str, batch: int, overrides: list[str]) -> DictConfig:
     """The train config for this model and batch size, through Hydra's compose API."""
     fixed = [f"network={model}", f"data.batch_size={batch}", "paths.output_dir=."]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="bench"):
-        return compose(config_name="train", overrides=fixed + list(overrides))
+        return compose(config_name="train", overrides=fixed + renamed_overrides(overrides))  # model.* -> network.*
 
 
 def fresh_module(cfg: DictConfig, device: torch.device) -> DiffusionModule:

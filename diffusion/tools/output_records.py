@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion.core.errors import ConfigError
-from diffusion.training.tracking import WANDB_RUN_FILE, flat_config, resolved
+from diffusion.training.experiment_tracking import WANDB_RUN_FILE, flat_config, resolved
 
 
 def save_config(cfg: DictConfig, path: Path, **extra: Any) -> Path:
