@@ -63,6 +63,7 @@ class ConsistencyTuning:
         stage_steps: optimiser steps per stage of the mapping function.
     """
 
+    # keyword list one a line, as the schedules' (core/schedules.py says why `duplicates` pairs them)
     def __init__(
         self,
         P_mean: float = -1.1,

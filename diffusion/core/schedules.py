@@ -208,6 +208,9 @@ class CosineSchedule(ContinuousVPSchedule):
         return angle * 2 / math.pi * (1 + self.s) - self.s
 
 
+# The constructors list their keywords one a line, defaults beside them: Hydra instantiates them by name and the lists
+# are the configs' documentation. `duplicates` pairs such lists by shape (here and with core/consistency_tuning.py);
+# they share no logic.
 class SigmoidSchedule(ContinuousVPSchedule):
     """alpha_bar(t) from a sigmoid between ``start`` and ``end`` with temperature ``tau`` (Chen 2023, Algorithm 1)."""
 

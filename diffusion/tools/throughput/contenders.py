@@ -163,7 +163,7 @@ def fit_in_turns(cfg, images, labels, device, precision, options, chunk, reps, o
             callbacks=[turns],
             logger=False,
             default_root_dir=root,
-            enable_checkpointing=False,
+            enable_checkpointing=False,  # a bare Trainer's switches, as in tests/test_fid.py (shape only)
             enable_progress_bar=False,
             enable_model_summary=False,
             limit_val_batches=0,
