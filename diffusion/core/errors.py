@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 
@@ -20,3 +21,12 @@ def warn_inexact_resume(reason: str, rank: int = 0) -> None:
     """One line on stderr, from the first process only: a resume that cannot reproduce the uninterrupted run, and why."""
     if rank == 0:
         print(f"warning: this resume is not exact: {reason}", file=sys.stderr)
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse for the commands, with a bad argument reported as the entry points report bad settings: one
+    ``error:`` line and exit status 2 (argparse prints its usage block first)."""
+
+    def error(self, message: str):
+        print(f"error: {message}; see {self.prog} --help", file=sys.stderr)
+        sys.exit(2)

@@ -9,7 +9,6 @@ state. Also runnable: ``python -m diffusion.evaluation.plots RUN_DIR``.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -17,6 +16,8 @@ import re
 from pathlib import Path
 
 import numpy as np
+
+from diffusion.core.errors import OneLineArgumentParser
 
 TRAIN_LOSS = ("train/loss", "train/loss_step")
 VAL_LOSS = ("val/loss", "val/loss_epoch")
@@ -258,7 +259,7 @@ def plot_sweep(rows: list[dict], swept: list[str], metric: str, path: Path, swee
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="python -m diffusion.evaluation.plots",
         description="Loss, FID and samples-over-training plots of finished runs, written to RUN_DIR/plots/ (the paths printed).",
     )

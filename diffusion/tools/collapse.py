@@ -19,6 +19,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from diffusion.core.errors import OneLineArgumentParser
 from diffusion.core.labels import class_cycle
 from diffusion.core.sampling import Sampler
 from diffusion.data import images
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpts", nargs="+", type=Path, help="checkpoints or .safetensors exports from train.py")
     parser.add_argument("--n", type=integer_at_least(1), default=64, help="samples per checkpoint and way")
     parser.add_argument("--seed", type=integer_at_least(0), default=0)

@@ -10,11 +10,10 @@ the exact probability-flow ODE solution, a stochastic one's relative error in sp
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from omegaconf import OmegaConf
 
+from diffusion.core.errors import OneLineArgumentParser
 from diffusion.core.exact import gaussian_gap
 from diffusion.core.samplers import all_samplers
 from diffusion.core.samplers.common import model_evaluations, steps_for_nfe
@@ -50,7 +49,7 @@ def row(label: str, cells) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--schedule", choices=list(SCHEDULES), default="edm", help="whose sigma range (and own levels)")
     parser.add_argument("--unipc", action="store_true", help="UniPC's orders with and without lower-order final steps")
     args = parser.parse_args(argv)

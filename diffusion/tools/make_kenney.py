@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
-from diffusion.core.errors import ConfigError
+from diffusion.core.errors import ConfigError, OneLineArgumentParser
 from diffusion.tools.cli import reports_user_errors
 
 IMAGES = "arcade/resources/assets/images/"
@@ -73,7 +73,7 @@ def make_folder(wheel: str, out: str) -> dict[str, int]:
 
 @reports_user_errors
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("wheel", help="the arcade wheel (.whl) from `pip download --no-deps arcade`")
     parser.add_argument("out", help="the folder to write (OUT/<class>/<name>.png)")
     args = parser.parse_args(argv)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from diffusion.core.errors import OneLineArgumentParser
 from diffusion.core.samplers.common import steps_for_nfe
 from diffusion.tools.cli import integer_at_least, reports_user_errors
 from diffusion.tools.sampler_fid import fid_labels, reference_quality, sample_images, sampler_for
@@ -95,7 +96,7 @@ def sigma_rel_arg(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a train.py run directory trained with callbacks=[default,posthoc_ema]")
     parser.add_argument("--sigma-rel", nargs="+", type=sigma_rel_arg, default=[0.05, 0.10, 0.15],
                         help="EMA widths to rebuild, relative to the training length (the paper's range: 0.01 .. 0.25)")

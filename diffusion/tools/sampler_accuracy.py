@@ -11,12 +11,12 @@ image) and the fraction of samples that end on the same image as that solution. 
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 import torch
 
+from diffusion.core.errors import OneLineArgumentParser
 from diffusion.core.exact import DETERMINISTIC, Harness, make_dataset, nearest_distance, pairwise_rms, rms
 from diffusion.core.samplers import all_samplers
 from diffusion.core.schedules import LinearSchedule
@@ -92,7 +92,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=integer_at_least(1), nargs="+", default=[5, 10, 20, 50])
     parser.add_argument("--n", type=integer_at_least(1), default=64, help="samples per run")
     parser.add_argument("--data", help=".npz of images; default: a fixed set of sprite-like random images")

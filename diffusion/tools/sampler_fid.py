@@ -24,7 +24,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from diffusion.core.errors import ConfigError
+from diffusion.core.errors import ConfigError, OneLineArgumentParser
 from diffusion.core.labels import LABEL_MIXES, sample_labels
 from diffusion.core.samplers.common import model_evaluations, steps_for_nfe
 from diffusion.core.sampling import Sampler
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpt", help="a checkpoint or .safetensors export from train.py")
     parser.add_argument("--samplers", nargs="*", default=sampler_names(), choices=sampler_names())
     parser.add_argument("--nfe", nargs="*", type=integer_at_least(1), default=[5, 10, 20, 50], help="model evaluations per sample")

@@ -75,12 +75,13 @@ def preview_grid(images, labels, columns=8, scale=8, gap=2):
 
 
 def main(argv=None):
-    import argparse
     import os
 
     from PIL import Image
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from diffusion.core.errors import OneLineArgumentParser
+
+    parser = OneLineArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=64, help="number of sprites")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preview", default="docs/procedural_preview.png", help="output PNG path")

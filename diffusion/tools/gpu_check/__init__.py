@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion.core.errors import ConfigError
+from diffusion.core.errors import ConfigError, OneLineArgumentParser
 from diffusion.tools.cli import reports_user_errors
 from diffusion.tools.gpu_check import compare, runs, speed
 
@@ -51,7 +51,7 @@ def check_list(text: str) -> list[str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="python -m diffusion.tools.gpu_check", description=__doc__.split("\n\n")[0],
         epilog="Checks: repeat (two runs, same bits), ema (ranks agree), resume (SIGKILL + ckpt_path=auto, same bits), "
         "fid (N processes = one process on the same images). Exit status 0 only if every check passed. "

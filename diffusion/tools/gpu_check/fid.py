@@ -16,7 +16,6 @@ N-process figure must equal, up to the order in which float64 feature sums are a
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from diffusion.core.errors import OneLineArgumentParser
 from diffusion.core.labels import sample_labels
 from diffusion.evaluation.fid_callback import FIDCallback
 from diffusion.evaluation.metrics import ImageQuality, build_feature_net
@@ -83,7 +83,7 @@ def same_images_figure(run_dir: Path, world_size: int, num_samples: int, device:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--accelerator", default="cpu")

@@ -81,6 +81,7 @@ from pathlib import Path
 
 import torch
 
+from diffusion.core.errors import OneLineArgumentParser
 from diffusion.data.procedural import generate_sprites
 from diffusion.tools.cli import integer_at_least, run_hydra_main
 from diffusion.tools.throughput.contenders import compare_training
@@ -93,7 +94,7 @@ from diffusion.training.precision import pick_device
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="python -m diffusion.tools.throughput",  # not argv[0], which is throughput/__main__.py
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
