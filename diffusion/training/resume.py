@@ -94,6 +94,7 @@ class StepSeeds(L.Callback):
 
     def __init__(self, seed: int):
         self.seed = int(seed)
+        self.restored = False  # set by a resume: the first step then checks the loggers' step
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning gives the checkpoint's loader state to the training loader when it builds it after restoring
@@ -111,11 +112,19 @@ class StepSeeds(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         seed_step(self.seed, trainer.global_step, trainer.global_rank, batch_idx % trainer.accumulate_grad_batches)
+        if self.restored:
+            self.restored = False
+            # The loggers' step (Lightning's `_batches_that_stepped`) is raised after a step's validation; a checkpoint
+            # written at the end of that validation holds it one short, and Lightning adds the one back only where
+            # the checkpoint was written in `on_train_batch_end`. It is never below the optimizer steps taken.
+            loop = trainer.fit_loop.epoch_loop
+            loop._batches_that_stepped = max(loop._batches_that_stepped, trainer.global_step)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint[RECORD] = {"version": 1, "seed": self.seed, "world_size": trainer.world_size}
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self.restored = True
         record = checkpoint.get(RECORD)
         rank = trainer.global_rank
         if record is None:
