@@ -6,10 +6,11 @@ What a checkpoint must carry for that, and where each part lives:
   and the callbacks' ``state_dict``;
 * the data order's position in the epoch: ``data.datamodule.ResumableLoader`` (Lightning's stateful-loader hook);
 * every random draw of a training step (noise levels, noise, label dropout, dropout inside the network, and the
-  data module's flips): ``StepSeeds`` reseeds the global generators of torch (CPU and every CUDA device), numpy and
-  Python at the start of each step from ``derive_seed(seed, step, rank)``, so the generators' state at any step is
-  a function of what the checkpoint holds (the run's seed in its config, the step, the process count) instead of
-  the history of the process. Draws outside training steps (validation, FID, grids) cannot shift the next step;
+  data module's flips, drawn from their own (seed, epoch, batch, rank)): ``StepSeeds`` reseeds the global generators
+  of torch (the CPU's and this process's GPU's), numpy and Python at the start of each batch from
+  ``derive_seed(seed, step, rank, micro-batch)``, so the generators' state at any step is a function of what the
+  checkpoint holds (the run's seed in its config, the step, the process count) instead of the history of the
+  process. Draws outside training steps (validation, FID, grids) cannot shift the next step;
 * the cadences' counters (grids, FID): the callbacks' ``state_dict``;
 * a checkpoint is written when its step is complete: after the step's validation, grids and FID where one runs
   (``validation_follows``), so a resumed run neither repeats nor skips them.
