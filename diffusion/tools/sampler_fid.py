@@ -73,6 +73,13 @@ def steps_at_nfe(name: str, nfe: int, options: dict) -> int | None:
     return steps if steps >= least and model_evaluations(sampler.function, steps, sampler.options) <= nfe else None
 
 
+def lowest_nfe(name: str, options: dict) -> int:
+    """The evaluations of the sampler's shortest run it accepts (``least_steps``: Heun, Restart, DPM++ 3M SDE refuse
+    fewer steps, issue 18)."""
+    sampler = sampler_from_conf(name, **options)
+    return model_evaluations(sampler.function, getattr(sampler.function, "least_steps", 1), sampler.options)
+
+
 def row_label(name: str, options: dict) -> str:
     if options.get("add_noise") is False:
         return f"{name} (z=0)"
@@ -130,7 +137,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         for name in args.samplers:
             steps = steps_at_nfe(name, nfe, options_for(name, options))
             if steps is None:
-                print(f"{name}: skipped at NFE {nfe}, below the cost of its shortest run", flush=True)
+                print(f"{name}: skipped at NFE {nfe}, below its lowest sound NFE ({lowest_nfe(name, options_for(name, options))})",
+                      flush=True)
             else:
                 plan.append((name, steps, options_for(name, options), args.spacing))
     if args.full_ddpm:
