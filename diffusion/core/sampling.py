@@ -16,8 +16,9 @@ from diffusion.core.denoiser import CLIP_MODES, Denoiser, clip_denoised, conditi
 from diffusion.core.errors import ConfigError
 from diffusion.core.samplers.common import Callback, model_evaluations
 from diffusion.core.schedules import Schedule, get_sigmas_karras
+from diffusion.core.step_search import check_levels
 
-SPACINGS = ("karras", "schedule")
+SPACINGS = ("karras", "schedule", "optimized")
 
 
 def resolve_function(path: str) -> Callable:
@@ -44,7 +45,9 @@ class Sampler:
             ``core.samplers.common`` for the signature); each file of ``conf/sampler/`` names one.
         steps: number of noise levels visited (the final 0 not counted).
         spacing: "karras" for the rho-spacing of Karras et al. 2022 (eq. 5) between the schedule's
-            sigma_min and sigma_max, "schedule" for the schedule's own levels (DDPM's t = T..1).
+            sigma_min and sigma_max, "schedule" for the schedule's own levels (DDPM's t = T..1), "optimized" for
+            ``levels`` searched for one model at this NFE (``core.step_search``; the tools read them from the file
+            beside the checkpoint, ``evaluation.step_search``).
         rho: the exponent of the Karras spacing.
         sigma_min: the lowest level of the Karras spacing; by default the schedule's. A few-step consistency
             sampler (``conf/sampler/consistency.yaml``) ends its spacing at a level well above 0.
@@ -53,6 +56,7 @@ class Sampler:
         clip_denoised: None, "static" or "dynamic": keep the x0 estimate in the data range before each step
             (``denoiser.clip_denoised``; for eps- and v-prediction models).
         clip_percentile: the quantile of |x0| that dynamic thresholding scales by (Saharia et al. 2022: 0.995).
+        levels: the noise levels of ``spacing="optimized"`` (descending, ``steps`` of them, the final 0 not given).
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class Sampler:
         sigma_min: float | None = None,
         clip_denoised: str | None = None,
         clip_percentile: float = 0.995,
+        levels: list[float] | None = None,
     ):
         self.function = resolve_function(fn)
         if clip_denoised is not None and clip_denoised not in CLIP_MODES:
@@ -90,6 +95,7 @@ class Sampler:
         if sigma_min is not None and not (isinstance(sigma_min, (int, float)) and sigma_min > 0):
             raise ConfigError(f"sampler.sigma_min={sigma_min} must be a positive number (or null: the schedule's)")
         self.sigma_min = None if sigma_min is None else float(sigma_min)
+        self.levels = None if levels is None else check_levels(levels)
 
     def with_steps(self, steps: int) -> Sampler:
         return self.replace(steps=steps)
@@ -97,7 +103,8 @@ class Sampler:
     def replace(self, **changes: Any) -> Sampler:
         """A copy with some constructor arguments changed (``steps``, ``spacing``, ...)."""
         args = dict(fn=self.fn, steps=self.steps, spacing=self.spacing, rho=self.rho, options=self.options, name=self.name,
-                    sigma_min=self.sigma_min, clip_denoised=self.clip_denoised, clip_percentile=self.clip_percentile)
+                    sigma_min=self.sigma_min, clip_denoised=self.clip_denoised, clip_percentile=self.clip_percentile,
+                    levels=self.levels)
         return Sampler(**{**args, **changes})
 
     @property
@@ -105,6 +112,13 @@ class Sampler:
         return model_evaluations(self.function, self.steps, self.options)
 
     def sigmas(self, schedule: Schedule) -> Tensor:
+        if self.spacing == "optimized":
+            if self.levels is None:
+                raise ConfigError(
+                    f"sampler.spacing=optimized needs noise levels searched for this model: python -m "
+                    f"diffusion.tools.search_steps CKPT --samplers {self.name} --nfe {self.nfe} (or spacing=karras)"
+                )
+            return torch.tensor([*check_levels(self.levels, self.steps), 0.0])
         if self.spacing == "karras" and self.sigma_min is not None:
             if not self.sigma_min < schedule.sigma_max:
                 raise ConfigError(f"sampler.sigma_min={self.sigma_min} must be below the schedule's sigma_max={schedule.sigma_max}")

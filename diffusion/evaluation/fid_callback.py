@@ -17,6 +17,7 @@ from diffusion.core.errors import ConfigError
 from diffusion.core.labels import LABEL_MIXES, sample_labels
 from diffusion.core.sampling import Sampler
 from diffusion.evaluation.metrics import ImageQuality, build_feature_net, check_feature_choice, describe, shard
+from diffusion.evaluation.step_search import SampleQuality, search_levels, training_reference
 from diffusion.training.cadence import Cadence
 from diffusion.training.module import DiffusionModule
 from diffusion.training.precision import callback_bf16
@@ -66,6 +67,10 @@ class FIDCallback(L.Callback):
         kid_subsets, kid_subset_size: KID's subsets (the size is capped by the image counts).
         precision: "trainer" samples under bf16 autocast when the run trains in bf16-mixed (1.8x faster on the
             2-core CPU, FID +0.5%), "32" always in float32, "bf16" always under autocast; fid.json records it.
+        search_samples, search_evaluations: a sampler with ``spacing: optimized`` and no ``levels`` of its own has
+            its levels searched for the weights being measured before each measurement (``evaluation.step_search``:
+            ``search_evaluations`` FIDs of ``search_samples`` images against training images, on rank 0, the result
+            broadcast); the levels and the search's seconds go into its ``fid_NAME.json`` entry.
     """
 
     def __init__(
@@ -87,8 +92,15 @@ class FIDCallback(L.Callback):
         kid_subsets: int = 100,
         kid_subset_size: int = 1000,
         precision: str = "trainer",
+        search_samples: int = 256,
+        search_evaluations: int = 30,
     ):
         check_feature_choice(features)
+        for key, value, least in (("search_samples", search_samples, 2), ("search_evaluations", search_evaluations, 1)):
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= least):
+                raise ConfigError(f"callbacks.fid.{key}={value} must be an integer >= {least}")
+        self.search_samples, self.search_evaluations = search_samples, search_evaluations
+        self.search_reference: ImageQuality | None = None
         callback_bf16(precision, "32", "callbacks.fid")  # a bad value fails here, not mid-run
         if not (isinstance(num_samples, int) and num_samples >= 2):
             raise ConfigError(f"callbacks.fid.num_samples={num_samples} must be an integer >= 2")
@@ -263,16 +275,37 @@ class FIDCallback(L.Callback):
         counts = datamodule.class_counts("val") if wants_counts else None
         all_labels = sample_labels(self.num_samples, pl_module.num_classes, counts, self.labels)
         bf16 = self.samples_in_bf16(trainer)
+        sampler, searched = self.samplers[name], {}
+        if sampler.spacing == "optimized" and sampler.levels is None:
+            searched = self.search(trainer, pl_module, sampler, all_labels, bf16)
+            sampler = sampler.replace(levels=searched["levels"])
         for offset in range(0, per_rank, self.batch_size):
             count = min(self.batch_size, per_rank - offset)
             labels = all_labels[first + offset : first + offset + count] if all_labels is not None else None
-            x = pl_module.sample(count, labels=labels, sampler=self.samplers[name], guidance=self.guidance, generator=generator, bf16=bf16)
+            x = pl_module.sample(count, labels=labels, sampler=sampler, guidance=self.guidance, generator=generator, bf16=bf16)
             self.quality.update_fake(x)
         result = self.quality.compute()
         self.quality.reset_fake()
         result["seconds"] = time.perf_counter() - start
         result["precision"] = "bf16" if bf16 else "32"
-        return result
+        return {**result, **searched}
+
+    def search(self, trainer: L.Trainer, pl_module: DiffusionModule, sampler: Sampler, labels, bf16: bool) -> dict[str, Any]:
+        """The levels of ``sampler`` searched for the weights being measured (rank 0 searches, every rank gets its
+        result: the samples of every process walk the same levels)."""
+        payload = None
+        if trainer.is_global_zero:
+            if self.search_reference is None:
+                self.search_reference = training_reference(self.quality.feature, trainer.datamodule.real_images("train"), self.seed,
+                                                           pl_module.device)
+            n = self.search_samples
+            search_labels = None if labels is None else labels.repeat(n // len(labels) + 1)[:n]
+            objective = SampleQuality(pl_module, sampler, self.search_reference, n=n, seed=self.seed + 1, labels=search_labels,
+                                      bf16=bf16, batch_size=self.batch_size)
+            result, seconds = search_levels(objective, pl_module.schedule, evaluations=self.search_evaluations)
+            payload = {"levels": result.levels, "search_seconds": round(seconds, 2), "search_fid_karras": result.start_value,
+                       "search_fid": result.value}
+        return trainer.strategy.broadcast(payload, src=0) if trainer.world_size > 1 else payload
 
     def _record(self, trainer: L.Trainer, result: dict[str, Any], name: str = "default") -> None:
         entry = {

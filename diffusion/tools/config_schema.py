@@ -108,6 +108,7 @@ SAMPLER = Node(
         "options": SAMPLER_OPTIONS, "name": Str(null=True),
         "sigma_min": Float(low=0, low_open=True, null=True), "clip_denoised": Choice(CLIP_MODES, null=True),
         "clip_percentile": Float(low=0, high=1, low_open=True),
+        "levels": ListOf(POSITIVE, null=True),  # spacing=optimized; the tools read them from the file by the checkpoint
     },
     owner="fn",
     closed_for=("diffusion.core.samplers.",),
@@ -205,6 +206,7 @@ _FID = {
     "samplers": Node(each=SAMPLER, always_closed=True),  # named samplers: `default` logs val/fid, NAME val/fid_NAME
     "features": FEATURES, "feature_weights": OPTIONAL_PATH, "inception_weights": OPTIONAL_PATH, "cache_dir": OPTIONAL_PATH,
     "train_settings": Anything(), "kid_subsets": Int(min=1), "kid_subset_size": Int(min=2),
+    "search_samples": Int(min=2), "search_evaluations": Int(min=1),  # samplers with spacing: optimized
 }
 # Lightning's EMAWeightAveraging keys, shared by the framework's two EMAs.
 _AVERAGING = {"device": Str(null=True), "use_buffers": Bool(), "update_every_n_steps": Int(min=1),

@@ -12,6 +12,7 @@ from rich.progress import Progress
 from diffusion.core.errors import ConfigError
 from diffusion.core.labels import class_cycle, sample_labels
 from diffusion.data import images
+from diffusion.evaluation.step_search import with_searched_levels
 from diffusion.tools.output_records import save_config
 from diffusion.training.builders import build_sampler
 from diffusion.training.checkpoints import load_checkpoint, module_from_checkpoint
@@ -59,6 +60,7 @@ def sample_to_folder(cfg: DictConfig) -> Path:
     checkpoint = load_checkpoint(cfg.ckpt)
     module = module_from_checkpoint(checkpoint, trust=list(cfg.get("trust") or [])).to(device)
     sampler = build_sampler(cfg.sampler, cfg.steps) if cfg.get("sampler") else build_sampler(module.config["sampler"], cfg.steps)
+    sampler = with_searched_levels(sampler, cfg.ckpt)  # spacing=optimized: the levels searched for this checkpoint
     sigmas = sampler.sigmas(module.schedule)  # also validates steps against the schedule before any work
     labels = parse_labels(cfg.label, cfg.n, module)
     generator = torch.Generator().manual_seed(cfg.seed)

@@ -29,19 +29,21 @@ from diffusion.core.labels import LABEL_MIXES, sample_labels
 from diffusion.core.samplers.common import model_evaluations, steps_for_nfe
 from diffusion.core.sampling import Sampler
 from diffusion.evaluation.metrics import ImageQuality, build_feature_net
+from diffusion.evaluation.step_search import levels_path, with_searched_levels
 from diffusion.tools.cli import integer_at_least, reports_user_errors
 from diffusion.training.builders import sampler_from_conf, sampler_names
 from diffusion.training.checkpoints import load_checkpoint, module_from_checkpoint, stored_config
 from diffusion.training.precision import sampling_in_bf16
 
 
-def sampler_for(name: str, steps: int, options: dict | None = None, spacing: str = "auto") -> Sampler:
+def sampler_for(name: str, steps: int, options: dict | None = None, spacing: str = "auto", ckpt: str | None = None) -> Sampler:
     """``sampler=NAME``'s configuration with ``steps`` and ``options``; ``spacing="auto"`` keeps the config's own
-    (DDPM and DDIM walk the schedule's levels, the Karras family the rho = 7 levels)."""
+    (DDPM and DDIM walk the schedule's levels, the Karras family the rho = 7 levels); ``optimized`` reads the levels
+    searched for ``ckpt`` (``tools.search_steps``)."""
     sampler = sampler_from_conf(name, steps, **(options or {}))
     if spacing != "auto":
         sampler = sampler.replace(spacing=spacing)
-    return sampler
+    return with_searched_levels(sampler, ckpt) if ckpt is not None else sampler
 
 
 def parse_options(items: list[str]) -> dict[str, float]:
@@ -140,7 +142,13 @@ def run(args: argparse.Namespace) -> list[dict]:
                 print(f"{name}: skipped at NFE {nfe}, below its lowest sound NFE ({lowest_nfe(name, options_for(name, options))})",
                       flush=True)
             else:
-                plan.append((name, steps, options_for(name, options), args.spacing))
+                for spacing in args.spacing:
+                    sampler = sampler_from_conf(name, steps, **options_for(name, options))
+                    if spacing == "optimized" and not levels_path(args.ckpt, name, sampler.nfe).exists():
+                        print(f"{name}: no levels searched at NFE {sampler.nfe} (python -m diffusion.tools.search_steps "
+                              f"{args.ckpt} --samplers {name} --nfe {sampler.nfe}), skipped", flush=True)
+                        continue
+                    plan.append((name, steps, options_for(name, options), spacing))
     if args.full_ddpm:
         plan.append(("ddpm", full_steps, {}, "schedule"))
     if args.collapse:
@@ -156,9 +164,9 @@ def run(args: argparse.Namespace) -> list[dict]:
                      "sampling_seconds": 0.0, "n": args.n, "features": quality.version})
         print(f"floor: {args.n} training images: FID {result['fid']:.3f}, KID {result['kid_mean']:.5f} ({quality.version})")
     width = max([len("sampler"), *(len(row_label(name, options)) for name, _, options, _ in plan)])
-    print(f"{'sampler':{width}} {'steps':>5} {'NFE':>5} {'FID':>9} {'KID':>9} {'seconds':>8}   ({quality.version}, {args.n} samples)")
+    print(f"{'sampler':{width}} {'spacing':>9} {'steps':>5} {'NFE':>5} {'FID':>9} {'KID':>9} {'seconds':>8}   ({quality.version}, {args.n} samples)")
     for name, steps, options, spacing in plan:
-        sampler = sampler_for(name, steps, options, spacing)
+        sampler = sampler_for(name, steps, options, spacing, ckpt=args.ckpt)
         label = row_label(name, options)
         start = time.perf_counter()
         images = sample_images(module, sampler, args.n, args.seed, args.batch_size, bf16, labels)
@@ -170,7 +178,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                "sampling_seconds": round(seconds, 2), "n": args.n, "features": quality.version,
                "precision": "bf16" if bf16 else "32", "labels": args.labels}
         rows.append(row)
-        print(f"{label:{width}} {steps:5d} {sampler.nfe:5d} {row['fid']:9.3f} {row['kid']:9.5f} {seconds:8.1f}", flush=True)
+        print(f"{label:{width}} {sampler.spacing:>9} {steps:5d} {sampler.nfe:5d} {row['fid']:9.3f} {row['kid']:9.5f} {seconds:8.1f}", flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"ckpt": str(args.ckpt), "rows": rows}, indent=2) + "\n")
@@ -187,8 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--floor", action="store_true", help="also FID of n training images (the floor)")
     parser.add_argument("--options", nargs="*", default=[], metavar="KEY=VALUE",
                         help="sampler options, given to the samplers that take them, e.g. s_churn=40 s_tmax=50")
-    parser.add_argument("--spacing", default="auto", choices=["auto", "karras", "schedule"],
-                        help="noise levels of the fast samplers; auto: DDPM/DDIM the schedule's, the others Karras rho=7")
+    parser.add_argument("--spacing", nargs="+", default=["auto"], choices=["auto", "karras", "schedule", "optimized"],
+                        help="noise levels of the fast samplers, one row each: auto: DDPM/DDIM the schedule's, the others "
+                             "Karras rho=7; optimized: the levels searched for this checkpoint (tools.search_steps)")
     parser.add_argument("--precision", default="32", choices=["32", "bf16", "auto"],
                         help="the network in float32 (the tables in BENCHMARKS.md) or under bf16 autocast")
     parser.add_argument("--n", type=integer_at_least(2), default=1000, help="samples per figure")

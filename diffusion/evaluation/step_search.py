@@ -1,0 +1,138 @@
+"""Noise levels searched for a trained model (``spacing: optimized``): the objective, the search, the file.
+
+The objective is the FID of ``n`` samples against the model's *training* images (the FID reports measure against
+the validation split, which the search never sees), in the run's own feature network, with the same starting
+noise, labels and sampler noise for every candidate (``core.step_search``). The levels found are written beside
+the checkpoint, one small JSON file per checkpoint, sampler and NFE (``levels_path``), with the checkpoint's
+SHA-256 so that levels searched for an older ``last.ckpt`` are never used for a newer one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from diffusion.core.errors import ConfigError
+from diffusion.core.sampling import Sampler
+from diffusion.core.step_search import SearchResult, compass_search
+from diffusion.evaluation.metrics import ImageQuality
+
+LEVELS_VERSION = 1
+REFERENCE_IMAGES = 5000  # training images the objective compares against (all of a smaller set)
+
+
+class SampleQuality:
+    """FID of ``n`` samples drawn with given levels against a fixed reference, with common random numbers.
+
+    Args:
+        module: the trained model (``DiffusionModule``: its ``sample``), with the weights to measure (the EMA ones).
+        sampler: the sampler whose levels are searched (its function, steps and options).
+        quality: an ``ImageQuality`` whose reference (``training_reference``) is already added.
+        n, seed: the samples per evaluation and the seed of their starting and sampler noise.
+        labels: n class labels, or None for an unconditional model.
+        bf16: the network under bf16 autocast.
+    """
+
+    def __init__(self, module, sampler: Sampler, quality: ImageQuality, *, n: int, seed: int,
+                 labels: Tensor | None = None, bf16: bool = False, batch_size: int = 500):
+        self.module, self.sampler, self.quality = module, sampler, quality
+        self.n, self.seed, self.labels, self.bf16, self.batch_size = n, seed, labels, bf16, batch_size
+
+    def samples(self, levels: list[float]) -> Tensor:
+        sampler = self.sampler.replace(spacing="optimized", levels=levels)
+        generator = torch.Generator().manual_seed(self.seed)
+        chunks = []
+        for start in range(0, self.n, self.batch_size):
+            count = min(self.batch_size, self.n - start)
+            labels = None if self.labels is None else self.labels[start : start + count]
+            chunks.append(self.module.sample(count, labels=labels, sampler=sampler, generator=generator, bf16=self.bf16))
+        return torch.cat(chunks)
+
+    def __call__(self, levels: list[float]) -> float:
+        self.quality.update_fake(self.samples(levels))
+        try:
+            return float(self.quality.compute()["fid"])
+        finally:
+            self.quality.reset_fake()
+
+
+def training_reference(feature: torch.nn.Module, train_images: Tensor, seed: int, device=None) -> ImageQuality:
+    """The objective's reference: up to ``REFERENCE_IMAGES`` training images (a seeded subset) in ``feature``."""
+    quality = ImageQuality(feature, kid_subsets=1)
+    if device is not None:
+        quality.to(device)
+    pick = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))[:REFERENCE_IMAGES]
+    quality.update_real(train_images[pick])
+    return quality
+
+
+def search_levels(objective: SampleQuality, schedule, *, evaluations: int = 30) -> tuple[SearchResult, float]:
+    """Search the levels of ``objective.sampler`` from its Karras levels; returns the result and the seconds spent.
+    The levels stay above the schedule's sigma_min."""
+    start = objective.sampler.replace(spacing="karras").sigmas(schedule)[:-1].tolist()
+    began = time.perf_counter()
+    result = compass_search(objective, start, evaluations=evaluations, floor=schedule.sigma_min)
+    return result, time.perf_counter() - began
+
+
+def file_digest(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def levels_path(ckpt: str | Path, sampler_name: str, nfe: int) -> Path:
+    """``RUN/checkpoints/last.ckpt`` -> ``RUN/checkpoints/last.dpmpp_2m_sde.nfe4.levels.json``."""
+    ckpt = Path(ckpt)
+    return ckpt.with_name(f"{ckpt.stem}.{sampler_name}.nfe{nfe}.levels.json")
+
+
+def write_levels(ckpt: str | Path, sampler: Sampler, result: SearchResult, seconds: float, **record) -> Path:
+    path = levels_path(ckpt, sampler.name, sampler.nfe)
+    payload = {
+        "version": LEVELS_VERSION, "checkpoint": Path(ckpt).name, "checkpoint_sha256": file_digest(ckpt),
+        "sampler": sampler.name, "steps": sampler.steps, "nfe": sampler.nfe, "levels": result.levels,
+        "objective": {"karras": result.start_value, "searched": result.value}, "evaluations": result.evaluations,
+        "search_seconds": round(seconds, 2), **record,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_levels(ckpt: str | Path, sampler: Sampler) -> list[float] | None:
+    """The levels searched for this checkpoint, sampler and NFE, or None where no file is there; a file written for
+    another version of the checkpoint (``last.ckpt`` overwritten since) is refused in one line."""
+    path = levels_path(ckpt, sampler.name, sampler.nfe)
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        levels, digest = record["levels"], record["checkpoint_sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"cannot read {path} ({err}); delete it and search again") from None
+    if digest != file_digest(ckpt):
+        raise ConfigError(f"{path} was searched for another version of {Path(ckpt).name} (the file changed since); "
+                          f"search again: python -m diffusion.tools.search_steps {ckpt} --samplers {sampler.name} --nfe {sampler.nfe}")
+    return levels
+
+
+def with_searched_levels(sampler: Sampler, ckpt: str | Path) -> Sampler:
+    """``sampler`` with the levels searched for ``ckpt`` when its spacing is ``optimized`` (one line naming the
+    command that searches them where there are none); other spacings pass through."""
+    if sampler.spacing != "optimized" or sampler.levels is not None:
+        return sampler
+    levels = read_levels(ckpt, sampler)
+    if levels is None:
+        raise ConfigError(f"no levels searched for {Path(ckpt).name} with {sampler.name} at NFE {sampler.nfe} "
+                          f"({levels_path(ckpt, sampler.name, sampler.nfe).name}): run python -m diffusion.tools.search_steps "
+                          f"{ckpt} --samplers {sampler.name} --nfe {sampler.nfe}, or use spacing=karras")
+    return sampler.replace(levels=levels)

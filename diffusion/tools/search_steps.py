@@ -1,0 +1,91 @@
+"""Search the noise levels of a few-step sampler for one trained model (``spacing: optimized``).
+
+    python -m diffusion.tools.search_steps RUN/checkpoints/last.ckpt --nfe 3 4 [--samplers dpmpp_2m_sde dpmpp_2m]
+                                          [--n 256] [--evaluations 30] [--seed 1] [--precision auto]
+
+For each sampler and NFE: starting from the Karras levels, move one level at a time (``core.step_search``) to
+lower the FID of n samples against the model's training images (``evaluation.step_search``), and write the levels
+beside the checkpoint (``last.dpmpp_2m_sde.nfe4.levels.json``). ``sample.py sampler.spacing=optimized``,
+``sampler_fid --spacing optimized`` and the FID callback then use them. The search's cost is printed against the
+run's training time (its ``metrics.json``) where the checkpoint sits in a run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from diffusion.core.errors import OneLineArgumentParser
+from diffusion.evaluation.step_search import SampleQuality, search_levels, training_reference, write_levels
+from diffusion.tools.cli import integer_at_least, reports_user_errors
+from diffusion.tools.sampler_fid import fid_labels, reference_quality, steps_at_nfe
+from diffusion.training.builders import sampler_from_conf, sampler_names
+from diffusion.training.checkpoints import load_checkpoint, module_from_checkpoint
+from diffusion.training.precision import sampling_in_bf16
+
+
+def training_seconds(ckpt: str | Path) -> float | None:
+    """The training time of the run a checkpoint belongs to (``RUN/metrics.json``'s ``time/train_steps_s``)."""
+    metrics = Path(ckpt).resolve().parent.parent / "metrics.json"
+    try:
+        return float(json.loads(metrics.read_text())["time/train_steps_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@reports_user_errors
+def run(args: argparse.Namespace) -> list[dict]:
+    bf16 = sampling_in_bf16(args.precision, torch.device("cpu"))
+    checkpoint = load_checkpoint(args.ckpt)
+    module = module_from_checkpoint(checkpoint).eval()
+    validation, datamodule = reference_quality(checkpoint, kid_subsets=1)
+    quality = training_reference(validation.feature, datamodule.real_images("train"), args.seed)
+    labels = fid_labels(module, datamodule, args.n)
+    trained = training_seconds(args.ckpt)
+    rows = []
+    for name in args.samplers:
+        for nfe in args.nfe:
+            steps = steps_at_nfe(name, nfe, {})
+            if steps is None:
+                print(f"{name}: skipped at NFE {nfe}, below its lowest sound NFE", flush=True)
+                continue
+            sampler = sampler_from_conf(name, steps)
+            objective = SampleQuality(module, sampler, quality, n=args.n, seed=args.seed, labels=labels, bf16=bf16)
+            result, seconds = search_levels(objective, module.schedule, evaluations=args.evaluations)
+            share = None if trained is None else seconds / trained
+            path = write_levels(args.ckpt, sampler, result, seconds, n=args.n, seed=args.seed, reference="training images",
+                                features=quality.version, precision="bf16" if bf16 else "32",
+                                share_of_training_time=None if share is None else round(share, 4))
+            cost = f"{seconds:.0f} s" + ("" if share is None else f", {100 * share:.1f}% of the run's {trained:.0f} s of training")
+            print(f"{name} NFE {sampler.nfe}: FID against training images {result.start_value:.3f} (Karras) -> {result.value:.3f}, "
+                  f"levels {', '.join(f'{v:.4g}' for v in result.levels)}, 0 ({result.evaluations} evaluations of "
+                  f"{args.n} samples, {cost}) -> {path}", flush=True)
+            rows.append({"sampler": name, "nfe": sampler.nfe, "levels": result.levels, "karras": result.start_value,
+                         "searched": result.value, "seconds": seconds, "share": share, "path": str(path)})
+    return rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("ckpt", help="a checkpoint or .safetensors export from train.py")
+    parser.add_argument("--samplers", nargs="+", default=["dpmpp_2m_sde"], choices=sampler_names())
+    parser.add_argument("--nfe", nargs="+", type=integer_at_least(1), default=[4], help="model evaluations per sample")
+    parser.add_argument("--n", type=integer_at_least(2), default=256, help="samples per evaluation of the objective")
+    parser.add_argument("--evaluations", type=integer_at_least(1), default=30, help="evaluations of the objective per search")
+    parser.add_argument("--seed", type=integer_at_least(0), default=1,
+                        help="seed of the search's noise and reference subset (sampler_fid measures with seed 0 by default)")
+    parser.add_argument("--precision", default="auto", choices=["32", "bf16", "auto"],
+                        help="the network under bf16 autocast where the CPU/GPU has fast bf16 (auto), or as given")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
+

@@ -1,0 +1,168 @@
+"""Searched noise levels (``spacing: optimized``, issue 18): the search, the sampler's levels, the file beside the
+checkpoint and the three places that read it (sample.py, sampler_fid, the FID callback)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from conftest import describe, run_script
+from diffusion.core.errors import ConfigError
+from diffusion.core.exact import gaussian_gap
+from diffusion.core.samplers.ode import sample_euler
+from diffusion.core.sampling import Sampler
+from diffusion.core.schedules import EDMSchedule
+from diffusion.core.step_search import check_levels, compass_search
+from diffusion.evaluation.step_search import levels_path, read_levels, with_searched_levels
+from diffusion.tools import sampler_fid, search_steps
+
+
+def test_compass_search_reaches_the_minimum_of_a_known_objective():
+    """A bowl in log sigma with its minimum at known levels: the search ends within its last step of them, the
+    first level never moves, and it spends no more than its budget."""
+    target = [80.0, 6.0, 0.9, 0.05]
+    calls = []
+
+    def bowl(levels):
+        calls.append(list(levels))
+        return sum((math.log(a) - math.log(b)) ** 2 for a, b in zip(levels, target, strict=True))
+
+    result = compass_search(bowl, [80.0, 2.0, 0.1, 0.002], evaluations=200, min_step=0.01)
+    assert result.levels[0] == 80.0 and all(call[0] == 80.0 for call in calls)
+    assert max(abs(math.log(a) - math.log(b)) for a, b in zip(result.levels, target, strict=True)) < 0.02
+    assert result.value < 1e-3 < result.start_value and result.evaluations == len(calls) <= 200
+    assert [value for _, value in result.history] == [bowl_value for bowl_value in map(lambda c: sum(
+        (math.log(a) - math.log(b)) ** 2 for a, b in zip(c, target, strict=True)), calls)]
+
+
+def test_the_search_keeps_levels_descending_above_the_floor_and_within_budget():
+    """An objective that rewards low levels pushes against both constraints."""
+    seen = []
+
+    def low(levels):
+        seen.append(list(levels))
+        return sum(levels)
+
+    result = compass_search(low, [10.0, 3.0, 1.0], evaluations=25, floor=0.5, min_step=1e-4)
+    assert len(seen) == 25 == result.evaluations
+    for levels in seen:
+        assert levels[0] == 10.0 and all(a > b for a, b in zip(levels, levels[1:], strict=False)) and levels[-1] >= 0.5 - 1e-9
+    assert result.value < 14.0
+
+
+def test_searched_levels_beat_karras_on_gaussian_data():
+    """The closed form of issue 18's sampler check as the objective: Euler's relative error against the exact ODE
+    solution on Gaussian data (``core.exact.gaussian_gap``), at NFE 3 on the EDM range. Karras' levels leave a
+    large error; the searched ones cut it, which a search that ignored its objective would not."""
+    schedule, scales = EDMSchedule(), torch.tensor([0.5])
+
+    def gap(levels):
+        return float(gaussian_gap(sample_euler, torch.tensor([*levels, 0.0]), scales).abs().max())
+
+    start = schedule.karras_sigmas(3)[:-1].tolist()
+    result = compass_search(gap, start, evaluations=40, floor=schedule.sigma_min)
+    assert result.start_value > 0.7 and result.value < result.start_value / 2, (result.start_value, result.value)  # 0.80 -> 0.35
+
+
+@pytest.mark.parametrize(
+    ("levels", "steps", "message"),
+    [
+        ([3.0, 1.0, 1.0], 3, "strictly descending"),
+        ([3.0, -1.0], 2, "positive finite"),
+        ([3.0, float("nan")], 2, "positive finite"),
+        ([3.0, 1.0], 3, "2 searched levels for a sampler with steps=3"),
+        ("abc", None, "must be a list of numbers"),
+        (3.0, None, "must be a list of numbers"),
+    ],
+)
+def test_bad_levels_are_refused_in_one_line(levels, steps, message):
+    with pytest.raises(ConfigError, match=message):
+        check_levels(levels, steps)
+
+
+def test_a_sampler_with_optimized_spacing_walks_its_levels_and_names_the_search_without_them():
+    sampler = Sampler("dpmpp_2m_sde", steps=3, spacing="optimized", levels=[80.0, 2.0, 0.3])
+    assert sampler.sigmas(EDMSchedule()).tolist() == pytest.approx([80.0, 2.0, 0.3, 0.0])
+    with pytest.raises(ConfigError, match="2 searched levels for a sampler with steps=3"):
+        Sampler("euler", steps=3, spacing="optimized", levels=[80.0, 2.0]).sigmas(EDMSchedule())
+    with pytest.raises(ConfigError, match=r"python -m diffusion.tools.search_steps CKPT --samplers euler --nfe 4"):
+        Sampler("euler", steps=4, spacing="optimized").sigmas(EDMSchedule())
+
+
+@pytest.fixture(scope="module")
+def searched(tiny_run, tmp_path_factory):
+    """A copy of the tiny run's checkpoint with levels searched at NFE 3 (8 samples, 4 evaluations)."""
+    folder = tmp_path_factory.mktemp("searched")
+    ckpt = folder / "last.ckpt"
+    shutil.copy(tiny_run.ckpt, ckpt)
+    rows = search_steps.run(search_steps.build_parser().parse_args(
+        [str(ckpt), "--nfe", "3", "--samplers", "dpmpp_2m_sde", "--n", "8", "--evaluations", "4"]))
+    return ckpt, rows
+
+
+def test_search_steps_writes_the_levels_beside_the_checkpoint(searched):
+    ckpt, rows = searched
+    path = levels_path(ckpt, "dpmpp_2m_sde", 3)
+    assert path.name == "last.dpmpp_2m_sde.nfe3.levels.json" and path.parent == ckpt.parent
+    record = json.loads(path.read_text())
+    assert record["levels"] == rows[0]["levels"] and len(record["levels"]) == 3 and record["evaluations"] <= 4
+    assert record["objective"]["searched"] <= record["objective"]["karras"]
+    assert record["reference"] == "training images" and record["n"] == 8 and record["search_seconds"] > 0
+    assert read_levels(ckpt, Sampler("dpmpp_2m_sde", steps=3, spacing="optimized")) == record["levels"]
+
+
+def test_sampler_fid_compares_both_spacings_in_one_run(searched):
+    ckpt, _ = searched
+    rows = sampler_fid.run(sampler_fid.build_parser().parse_args([
+        str(ckpt), "--n", "4", "--kid-subsets", "2", "--samplers", "dpmpp_2m_sde", "dpmpp_2m", "--nfe", "3",
+        "--spacing", "karras", "optimized",
+    ]))
+    # dpmpp_2m has no levels at NFE 3: its optimized row is skipped, not an error
+    assert [(r["sampler"], r["spacing"]) for r in rows] == [
+        ("dpmpp_2m_sde", "karras"), ("dpmpp_2m_sde", "optimized"), ("dpmpp_2m", "karras")]
+    assert rows[0]["fid"] != rows[1]["fid"]
+
+
+def test_sample_py_walks_the_searched_levels(searched, tmp_path):
+    ckpt, rows = searched
+    proc = run_script("sample.py", f"ckpt={ckpt}", "n=4", f"out={tmp_path / 'a'}", "sampler=dpmpp_2m_sde", "steps=3",
+                      "sampler.spacing=optimized")
+    assert proc.returncode == 0, describe(proc)
+    assert "spacing=optimized, nfe=3" in proc.stdout
+    # no levels for 4 steps: one line naming the command that searches them
+    with pytest.raises(ConfigError, match=f"run python -m diffusion.tools.search_steps {ckpt} --samplers dpmpp_2m_sde --nfe 4"):
+        with_searched_levels(Sampler("dpmpp_2m_sde", steps=4, spacing="optimized"), ckpt)
+
+
+def test_levels_of_another_version_of_the_checkpoint_are_refused(searched, tmp_path):
+    ckpt, _ = searched
+    changed = tmp_path / "last.ckpt"
+    shutil.copy(ckpt, changed)
+    shutil.copy(levels_path(ckpt, "dpmpp_2m_sde", 3), levels_path(changed, "dpmpp_2m_sde", 3))
+    with open(changed, "ab") as handle:
+        handle.write(b"\0")  # last.ckpt overwritten by a later step
+    with pytest.raises(ConfigError, match="searched for another version of last.ckpt"):
+        with_searched_levels(Sampler("dpmpp_2m_sde", steps=3, spacing="optimized"), changed)
+
+
+def test_the_fid_callback_searches_levels_for_the_weights_it_measures(tmp_path):
+    """A run with a second FID sampler at spacing: optimized logs val/fid_nfe3, and each fid_nfe3.json entry holds
+    the levels its samples walked and what the search cost."""
+    from conftest import write_sprites
+
+    write_sprites(tmp_path / "data")
+    run = tmp_path / "run"
+    proc = run_script(
+        "train.py", "data=sprites", f"data.dir={tmp_path / 'data'}", f"hydra.run.dir={run}",
+        "+sampler@callbacks.fid.samplers.nfe3=dpmpp_2m_sde", "callbacks.fid.samplers.nfe3.steps=3",
+        "callbacks.fid.samplers.nfe3.spacing=optimized", "callbacks.fid.search_samples=8", "callbacks.fid.search_evaluations=3",
+    )
+    assert proc.returncode == 0, describe(proc)
+    history = json.loads((run / "fid_nfe3.json").read_text())["history"]
+    assert history and all(len(entry["levels"]) == 3 and entry["search_seconds"] > 0 for entry in history)
+    assert all(entry["search_fid"] <= entry["search_fid_karras"] for entry in history)
+    assert "spacing=optimized" in history[0]["sampler"]
