@@ -9,15 +9,15 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import describe, run_script
+
 from diffusion.core.errors import ConfigError
 from diffusion.core.exact import gaussian_gap
+from diffusion.core.level_search import check_levels, compass_search
 from diffusion.core.samplers.ode import sample_euler
 from diffusion.core.sampling import Sampler
 from diffusion.core.schedules import EDMSchedule
-from diffusion.core.step_search import check_levels, compass_search
-from diffusion.evaluation.step_search import levels_path, read_levels, with_searched_levels
+from diffusion.evaluation.searched_levels import levels_path, read_levels, with_searched_levels
 from diffusion.tools import sampler_fid, search_steps
 
 
@@ -166,3 +166,4 @@ def test_the_fid_callback_searches_levels_for_the_weights_it_measures(tmp_path):
     assert history and all(len(entry["levels"]) == 3 and entry["search_seconds"] > 0 for entry in history)
     assert all(entry["search_fid"] <= entry["search_fid_karras"] for entry in history)
     assert "spacing=optimized" in history[0]["sampler"]
+

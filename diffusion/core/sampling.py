@@ -14,9 +14,9 @@ from torch import Tensor
 from diffusion.core import samplers
 from diffusion.core.denoiser import CLIP_MODES, Denoiser, clip_denoised, conditioned
 from diffusion.core.errors import ConfigError
+from diffusion.core.level_search import check_levels
 from diffusion.core.samplers.common import Callback, model_evaluations
 from diffusion.core.schedules import Schedule, get_sigmas_karras
-from diffusion.core.step_search import check_levels
 
 SPACINGS = ("karras", "schedule", "optimized")
 
@@ -46,8 +46,8 @@ class Sampler:
         steps: number of noise levels visited (the final 0 not counted).
         spacing: "karras" for the rho-spacing of Karras et al. 2022 (eq. 5) between the schedule's
             sigma_min and sigma_max, "schedule" for the schedule's own levels (DDPM's t = T..1), "optimized" for
-            ``levels`` searched for one model at this NFE (``core.step_search``; the tools read them from the file
-            beside the checkpoint, ``evaluation.step_search``).
+            ``levels`` searched for one model at this NFE (``core.level_search``; the tools read them from the file
+            beside the checkpoint, ``evaluation.searched_levels``).
         rho: the exponent of the Karras spacing.
         sigma_min: the lowest level of the Karras spacing; by default the schedule's. A few-step consistency
             sampler (``conf/sampler/consistency.yaml``) ends its spacing at a level well above 0.

@@ -17,7 +17,7 @@ from diffusion.core.errors import ConfigError
 from diffusion.core.labels import LABEL_MIXES, sample_labels
 from diffusion.core.sampling import Sampler
 from diffusion.evaluation.metrics import ImageQuality, build_feature_net, check_feature_choice, describe, shard
-from diffusion.evaluation.step_search import SampleQuality, search_levels, training_reference
+from diffusion.evaluation.searched_levels import SampleQuality, search_levels, training_reference
 from diffusion.training.cadence import Cadence
 from diffusion.training.module import DiffusionModule
 from diffusion.training.precision import callback_bf16
@@ -68,7 +68,7 @@ class FIDCallback(L.Callback):
         precision: "trainer" samples under bf16 autocast when the run trains in bf16-mixed (1.8x faster on the
             2-core CPU, FID +0.5%), "32" always in float32, "bf16" always under autocast; fid.json records it.
         search_samples, search_evaluations: a sampler with ``spacing: optimized`` and no ``levels`` of its own has
-            its levels searched for the weights being measured before each measurement (``evaluation.step_search``:
+            its levels searched for the weights being measured before each measurement (``evaluation.searched_levels``:
             ``search_evaluations`` FIDs of ``search_samples`` images against training images, on rank 0, the result
             broadcast); the levels and the search's seconds go into its ``fid_NAME.json`` entry.
     """

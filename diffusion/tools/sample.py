@@ -12,7 +12,7 @@ from rich.progress import Progress
 from diffusion.core.errors import ConfigError
 from diffusion.core.labels import class_cycle, sample_labels
 from diffusion.data import images
-from diffusion.evaluation.step_search import with_searched_levels
+from diffusion.evaluation.searched_levels import with_searched_levels
 from diffusion.tools.output_records import save_config
 from diffusion.training.builders import build_sampler
 from diffusion.training.checkpoints import load_checkpoint, module_from_checkpoint

@@ -29,7 +29,7 @@ from diffusion.core.labels import LABEL_MIXES, sample_labels
 from diffusion.core.samplers.common import model_evaluations, steps_for_nfe
 from diffusion.core.sampling import Sampler
 from diffusion.evaluation.metrics import ImageQuality, build_feature_net
-from diffusion.evaluation.step_search import levels_path, with_searched_levels
+from diffusion.evaluation.searched_levels import levels_path, with_searched_levels
 from diffusion.tools.cli import integer_at_least, reports_user_errors
 from diffusion.training.builders import sampler_from_conf, sampler_names
 from diffusion.training.checkpoints import load_checkpoint, module_from_checkpoint, stored_config

@@ -3,8 +3,8 @@
     python -m diffusion.tools.search_steps RUN/checkpoints/last.ckpt --nfe 3 4 [--samplers dpmpp_2m_sde dpmpp_2m]
                                           [--n 256] [--evaluations 30] [--seed 1] [--precision auto]
 
-For each sampler and NFE: starting from the Karras levels, move one level at a time (``core.step_search``) to
-lower the FID of n samples against the model's training images (``evaluation.step_search``), and write the levels
+For each sampler and NFE: starting from the Karras levels, move one level at a time (``core.level_search``) to
+lower the FID of n samples against the model's training images (``evaluation.searched_levels``), and write the levels
 beside the checkpoint (``last.dpmpp_2m_sde.nfe4.levels.json``). ``sample.py sampler.spacing=optimized``,
 ``sampler_fid --spacing optimized`` and the FID callback then use them. The search's cost is printed against the
 run's training time (its ``metrics.json``) where the checkpoint sits in a run folder.
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from diffusion.core.errors import OneLineArgumentParser
-from diffusion.evaluation.step_search import SampleQuality, search_levels, training_reference, write_levels
+from diffusion.evaluation.searched_levels import SampleQuality, search_levels, training_reference, write_levels
 from diffusion.tools.cli import integer_at_least, reports_user_errors
 from diffusion.tools.sampler_fid import fid_labels, reference_quality, steps_at_nfe
 from diffusion.training.builders import sampler_from_conf, sampler_names

@@ -7,7 +7,7 @@ time to the best of a few candidates around it, under a bound on the discretisat
 against a teacher's trajectory. Here the objective is the quality of the samples themselves, as in Watson et al.
 2022 (DDSS, "Learning fast samplers for diffusion models by differentiating through sample quality"): the caller
 passes a function of the levels (the FID of n samples against the training images, built in
-``evaluation.step_search``), and ``compass_search`` moves one level at a time in log sigma (compass search, Kolda,
+``evaluation.searched_levels``), and ``compass_search`` moves one level at a time in log sigma (compass search, Kolda,
 Lewis & Torczon 2003, section 3): a move that lowers the objective is kept, a sweep without one halves the step.
 The first level (sigma_max, where the starting noise is drawn) and the final 0 stay fixed, the levels stay in
 descending order and above ``floor``.

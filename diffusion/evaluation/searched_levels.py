@@ -2,7 +2,7 @@
 
 The objective is the FID of ``n`` samples against the model's *training* images (the FID reports measure against
 the validation split, which the search never sees), in the run's own feature network, with the same starting
-noise, labels and sampler noise for every candidate (``core.step_search``). The levels found are written beside
+noise, labels and sampler noise for every candidate (``core.level_search``). The levels found are written beside
 the checkpoint, one small JSON file per checkpoint, sampler and NFE (``levels_path``), with the checkpoint's
 SHA-256 so that levels searched for an older ``last.ckpt`` are never used for a newer one.
 """
@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from diffusion.core.errors import ConfigError
+from diffusion.core.level_search import SearchResult, compass_search
 from diffusion.core.sampling import Sampler
-from diffusion.core.step_search import SearchResult, compass_search
 from diffusion.evaluation.metrics import ImageQuality
 
 LEVELS_VERSION = 1
@@ -73,7 +73,8 @@ def training_reference(feature: torch.nn.Module, train_images: Tensor, seed: int
 
 def search_levels(objective: SampleQuality, schedule, *, evaluations: int = 30) -> tuple[SearchResult, float]:
     """Search the levels of ``objective.sampler`` from its Karras levels; returns the result and the seconds spent.
-    The levels stay above the schedule's sigma_min."""
+    The levels stay above the schedule's sigma_min; the first stays at sigma_max (measured: letting it move too spent
+    the same budget for a worse optimum at 4 NFE, FID 1.40 against 1.09 on the default model)."""
     start = objective.sampler.replace(spacing="karras").sigmas(schedule)[:-1].tolist()
     began = time.perf_counter()
     result = compass_search(objective, start, evaluations=evaluations, floor=schedule.sigma_min)
@@ -101,6 +102,7 @@ def write_levels(ckpt: str | Path, sampler: Sampler, result: SearchResult, secon
         "sampler": sampler.name, "steps": sampler.steps, "nfe": sampler.nfe, "levels": result.levels,
         "objective": {"karras": result.start_value, "searched": result.value}, "evaluations": result.evaluations,
         "search_seconds": round(seconds, 2), **record,
+        "history": [{"levels": levels, "objective": value} for levels, value in result.history],
     }
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
