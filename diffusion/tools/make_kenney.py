@@ -101,7 +101,7 @@ def read_wheels(wheels: list[str]) -> dict[str, bytes]:
                     if name.endswith(".png") and name not in members:
                         members[name] = archive.read(name)
         except (OSError, zipfile.BadZipFile) as err:
-            raise ConfigError(f"cannot read {wheel} as a wheel ({err}); download it with {ARCADE_WHEEL}") from None
+            raise ConfigError(f"cannot read {wheel} as a wheel ({err}); get arcade's with {ARCADE_WHEEL} (--help shows procgen's)") from None
     return members
 
 
