@@ -129,15 +129,11 @@ def load_image_folder(
                 rgba = im.convert("RGBA")
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
             raise ConfigError(f"cannot read image {path}: {err}; remove or replace the file") from None
-        flat = Image.new("RGBA", rgba.size, (*background, 255))
-        flat.alpha_composite(rgba)
-        sheet = np.asarray(flat.convert("RGB"))
+        sheet = flatten(rgba, background)
         for cell in _cells(sheet, cell_size, path):
             if skip_blank_cells and cell_size and (cell == np.asarray(background, np.uint8)).all():
                 continue
-            if cell.shape[0] != image_size or cell.shape[1] != image_size:
-                cell = np.asarray(Image.fromarray(cell).resize((image_size, image_size), Image.NEAREST))
-            crops.append(cell)
+            crops.append(downscale(cell, image_size))
             if use_labels:
                 parts = path.relative_to(directory).parts
                 labels.append(classes.index(parts[0]) if len(parts) > 1 else -1)
@@ -150,6 +146,25 @@ def load_image_folder(
     if (label_array < 0).any():
         raise ConfigError(f"image folder {directory}: with sub-folder labels every image must sit in a class sub-folder")
     return images, label_array, classes
+
+
+def flatten(image, background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """A PIL image composited on ``background``, as (H, W, 3) uint8: transparency as the model sees it."""
+    from PIL import Image
+
+    rgba = image.convert("RGBA")
+    flat = Image.new("RGBA", rgba.size, (*background, 255))
+    flat.alpha_composite(rgba)
+    return np.asarray(flat.convert("RGB"))
+
+
+def downscale(cell: np.ndarray, image_size: int) -> np.ndarray:
+    """An (H, W, 3) image at ``image_size`` by nearest neighbour (pixel art stays crisp)."""
+    from PIL import Image
+
+    if cell.shape[0] == image_size and cell.shape[1] == image_size:
+        return cell
+    return np.asarray(Image.fromarray(cell).resize((image_size, image_size), Image.NEAREST))
 
 
 def _cells(sheet: np.ndarray, cell_size: int | None, path: Path):
