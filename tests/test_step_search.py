@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import describe, run_script
+
 from diffusion.core.errors import ConfigError
 from diffusion.core.exact import gaussian_gap
 from diffusion.core.samplers.ode import sample_euler
