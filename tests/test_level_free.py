@@ -119,6 +119,19 @@ def test_bad_level_options_are_one_line(tmp_path, capsys):
         assert error.startswith("error: ") and "experiment=level_free" in error and error.count("\n") == 1
 
 
+def test_the_predictor_gradients_are_clipped_apart_from_the_denoisers():
+    module = build_module(compose_config("train", [*TINY_MODEL, "paths.output_dir=.", "experiment=level_free"]), 5, 16, list("abcde"))
+    for p in module.denoiser.parameters():
+        p.grad = torch.full_like(p, 1e-4)
+    for p in module.level_predictor.parameters():
+        p.grad = torch.full_like(p, 100.0)
+    denoiser_norm = torch.cat([p.grad.flatten() for p in module.denoiser.parameters()]).norm()
+    assert denoiser_norm < 1
+    module.configure_gradient_clipping(None, 1.0, "norm")  # trainer.gradient_clip_val=1.0, the default
+    torch.testing.assert_close(torch.cat([p.grad.flatten() for p in module.denoiser.parameters()]).norm(), denoiser_norm)
+    torch.testing.assert_close(torch.cat([p.grad.flatten() for p in module.level_predictor.parameters()]).norm(), torch.tensor(1.0), rtol=1e-3, atol=0)
+
+
 @pytest.fixture(scope="module")
 def level_free_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("level-free")

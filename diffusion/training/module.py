@@ -204,6 +204,20 @@ class DiffusionModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Lightning's clipping (``trainer.gradient_clip_val``), applied apart to the denoiser's gradients and to those
+        of a training method's own networks (``LevelPredictorLoss``'s predictor): under one global norm, the
+        predictor's early gradients (errors of several nats) would shrink the denoiser's steps, and a level-free run
+        would train its denoiser less than a conditioned run of the same budget."""
+        method_params = [p for p in self.method.parameters() if p.grad is not None] if isinstance(self.method, nn.Module) else []
+        if gradient_clip_val is None or not method_params:
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        for params in ([p for p in self.denoiser.parameters() if p.grad is not None], method_params):
+            if gradient_clip_algorithm == "value":
+                nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
     def checkpoint_info(self) -> dict[str, Any]:
         """What ``checkpoints.module_from_checkpoint`` needs besides the weights, and the training data's class counts
         (``sample.py label=data``; checkpoints from before them load without)."""
