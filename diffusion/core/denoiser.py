@@ -21,13 +21,21 @@ def per_sample(sigma: Tensor, x: Tensor) -> Tensor:
 
 
 class Denoiser(nn.Module):
-    """D(x, sigma, label) = c_skip * x + c_out * F(c_in * x, c_noise, label) (Karras et al. 2022, eq. 7)."""
+    """D(x, sigma, label) = c_skip * x + c_out * F(c_in * x, c_noise, label) (Karras et al. 2022, eq. 7).
 
-    def __init__(self, net: nn.Module, objective: Objective, schedule: Schedule):
+    ``noise_conditioning=False`` gives F the same c_noise (0) at every level, the level-free U-Net of fast.ai's
+    lesson 22 (``core.level_prediction``): F must read the level from its input, while c_skip, c_out and c_in still
+    use sigma.
+    """
+
+    def __init__(self, net: nn.Module, objective: Objective, schedule: Schedule, noise_conditioning: bool = True):
         super().__init__()
+        if not isinstance(noise_conditioning, bool):
+            raise ConfigError(f"training.noise_conditioning={noise_conditioning!r} must be true or false")
         self.net = net
         self.objective = objective
         self.schedule = schedule
+        self.noise_conditioning = noise_conditioning
 
     def c_in(self, sigma: Tensor) -> Tensor:
         """The objective's input scaling for data multiplied by the schedule's ``input_scale`` b.
@@ -46,7 +54,10 @@ class Denoiser(nn.Module):
     def net_output(self, x: Tensor, sigma: Tensor, labels: Tensor | None) -> Any:
         """The network's output on the preconditioned input as it returns it (a contract-breaking network may return
         a tuple or an output object: ``training.module.check_network`` refuses it from this)."""
-        return self.net(self.c_in(sigma) * x, self.schedule.c_noise(sigma).flatten(), labels)
+        c_noise = self.schedule.c_noise(sigma).flatten()
+        if not self.noise_conditioning:
+            c_noise = torch.zeros_like(c_noise)
+        return self.net(self.c_in(sigma) * x, c_noise, labels)
 
     def forward(self, x: Tensor, sigma: Tensor, labels: Tensor | None = None) -> Tensor:
         sigma = per_sample(sigma, x)

@@ -16,6 +16,7 @@ from functools import cache
 
 from diffusion.core.denoiser import CLIP_MODES
 from diffusion.core.labels import LABEL_MIXES
+from diffusion.core.level_prediction import LEVELS
 from diffusion.core.sampling import SPACINGS
 from diffusion.evaluation.metrics import FEATURE_CHOICES
 from diffusion.tools.config_types import (
@@ -131,19 +132,26 @@ TRAINING_METHOD = ByTarget(
              "b": NON_NEGATIVE, "c": NON_NEGATIVE, "stage_steps": Int(min=1)},
             closed_for=("diffusion.",),
         ),
+        "diffusion.core.level_prediction.LevelPredictorLoss": Node(
+            {"_target_": Str(), "weight": POSITIVE,
+             "predictor": ByTarget({"diffusion.nets.level_predictor.LevelPredictor": Node(
+                 {"_target_": Str(), "width": Int(min=4), "halvings": Int(min=0)}, closed_for=("diffusion.",))})},
+            closed_for=("diffusion.",),
+        ),
     }
 )
 TRAINING = Node(
     {
         "lr_warmup_steps": Int(min=0), "lr_schedule": Choice(LR_SCHEDULES), "label_dropout": Float(low=0, high=1),
         "max_nonfinite_steps": Int(min=1), "method": TRAINING_METHOD, "channels_last": Bool(), "compile": Bool(),
+        "noise_conditioning": Bool(),
     },
     always_closed=True,
 )
 # The LightningModule's keys are interpolations of the groups above, which are checked where they are written.
 MODULE = Node(
     {key: Anything() for key in ("_target_", "net", "schedule", "objective", "optimizer", "sampler", "lr_warmup_steps",
-                                 "lr_schedule", "label_dropout", "max_nonfinite_steps", "method")},
+                                 "lr_schedule", "label_dropout", "max_nonfinite_steps", "method", "noise_conditioning")},
     closed_for=("diffusion.training.module.DiffusionModule",),
 )
 
@@ -297,7 +305,7 @@ SAMPLE = Node(
         "label": Str(null=True),  # a class name or index: only the checkpoint knows its classes
         "guidance": NON_NEGATIVE, "trajectory": Bool(), "batch_size": Int(min=1), "device": DEVICE,
         "precision": Choice(SAMPLING_PRECISIONS), "overwrite": Bool(), "trust": ListOf(Str()), "sampler": SAMPLER,
-        "hydra": Anything(),
+        "level": Choice(LEVELS, null=True), "level_spread": POSITIVE, "hydra": Anything(),
     },
     always_closed=True,
 )

@@ -63,6 +63,9 @@ def sample_to_folder(cfg: DictConfig) -> Path:
     sampler = with_searched_levels(sampler, cfg.ckpt)  # spacing=optimized: the levels searched for this checkpoint
     sigmas = sampler.sigmas(module.schedule)  # also validates steps against the schedule before any work
     labels = parse_labels(cfg.label, cfg.n, module)
+    level, spread = cfg.get("level"), cfg.get("level_spread", 1.0)
+    level = module.default_level() if level is None else level
+    module.sampling_denoiser(level, spread)  # an unknown level, or predicted without a predictor: before any work
     generator = torch.Generator().manual_seed(cfg.seed)
 
     frames: list[np.ndarray] = []
@@ -81,13 +84,14 @@ def sample_to_folder(cfg: DictConfig) -> Path:
                     frames.append(images.grid(images.to_uint8(view[:64]), ncols=8))
 
             batch_labels = labels[start : start + count] if labels is not None else None
-            batches.append(module.sample(count, labels=batch_labels, sampler=sampler, guidance=cfg.guidance, generator=generator, callback=callback, bf16=bf16))
+            batches.append(module.sample(count, labels=batch_labels, sampler=sampler, guidance=cfg.guidance, generator=generator, callback=callback, bf16=bf16,
+                                         level=level, level_spread=spread))
 
     pictures = images.to_uint8(torch.cat(batches))
     label_array = labels.numpy() if labels is not None else np.full(cfg.n, -1, dtype=np.int64)
     written = [images.save_npz(pictures, label_array, out / "samples.npz"), images.save_png(images.grid(pictures[:256], ncols=8), out / "grid.png")]
     if frames:
         written.append(images.save_gif(frames, out / "trajectory.gif"))
-    written.append(save_config(cfg, out / "sample_config.yaml", ckpt_path=str(Path(cfg.ckpt).expanduser().resolve()), sampler_used=repr(sampler)))
-    print(f"wrote {cfg.n} samples ({sampler}, guidance={cfg.guidance}, {'bf16' if bf16 else 'fp32'}) to: " + ", ".join(str(p) for p in written))
+    written.append(save_config(cfg, out / "sample_config.yaml", ckpt_path=str(Path(cfg.ckpt).expanduser().resolve()), sampler_used=repr(sampler), level_used=level))
+    print(f"wrote {cfg.n} samples ({sampler}, level={level}, guidance={cfg.guidance}, {'bf16' if bf16 else 'fp32'}) to: " + ", ".join(str(p) for p in written))
     return out

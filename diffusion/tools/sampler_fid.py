@@ -10,6 +10,8 @@ model was trained with (the checkpoint's own config), as in the FID logged durin
 ``--floor`` adds the figure of n real training images against the same reference: the best a
 model can score with n samples. ``--collapse`` adds DDPM over all T steps without the added noise
 (``add_noise=false``, z = 0): the course's collapse to blurred "blobs" near the data mean, measured.
+``--level scheduled predicted`` measures each sampler with the denoiser at the sampler's level and at each image's
+predicted level (a model of ``experiment=level_free``; ``core.level_prediction``), one row each.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from omegaconf import OmegaConf
 
 from diffusion.core.errors import ConfigError, OneLineArgumentParser
 from diffusion.core.labels import LABEL_MIXES, sample_labels
+from diffusion.core.level_prediction import LEVELS
 from diffusion.core.samplers.common import model_evaluations, steps_for_nfe
 from diffusion.core.sampling import Sampler
 from diffusion.evaluation.metrics import ImageQuality, build_feature_net
@@ -89,15 +92,18 @@ def row_label(name: str, options: dict) -> str:
 
 
 def sample_images(
-    module, sampler: Sampler, n: int, seed: int, batch_size: int, bf16: bool = False, labels: torch.Tensor | None = None
+    module, sampler: Sampler, n: int, seed: int, batch_size: int, bf16: bool = False, labels: torch.Tensor | None = None,
+    level: str | None = None, level_spread: float = 1.0,
 ) -> torch.Tensor:
-    """n images from one seed; ``labels`` (n of them, or None for unconditional models) as ``sample_labels`` draws."""
+    """n images from one seed; ``labels`` (n of them, or None for unconditional models) as ``sample_labels`` draws;
+    ``level``, ``level_spread``: ``DiffusionModule.sampling_denoiser``'s."""
     generator = torch.Generator().manual_seed(seed)
     chunks = []
     for start in range(0, n, batch_size):
         chunk_labels = labels[start : start + batch_size] if labels is not None else None
         count = min(batch_size, n - start)
-        chunks.append(module.sample(count, labels=chunk_labels, sampler=sampler, generator=generator, bf16=bf16).cpu())
+        chunks.append(module.sample(count, labels=chunk_labels, sampler=sampler, generator=generator, bf16=bf16,
+                                    level=level, level_spread=level_spread).cpu())
     return torch.cat(chunks)
 
 
@@ -130,6 +136,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     bf16 = sampling_in_bf16(args.precision, torch.device("cpu"))
     checkpoint = load_checkpoint(args.ckpt)
     module = module_from_checkpoint(checkpoint).eval()
+    levels = args.level or [module.default_level()]
+    for level in levels:
+        module.sampling_denoiser(level, args.level_spread)  # predicted without a predictor: one line, before any work
     quality, datamodule = reference_quality(checkpoint, args.kid_subsets)
     labels = fid_labels(module, datamodule, args.n, args.labels)
 
@@ -148,11 +157,11 @@ def run(args: argparse.Namespace) -> list[dict]:
                         print(f"{name}: no levels searched at NFE {sampler.nfe} (python -m diffusion.tools.search_steps "
                               f"{args.ckpt} --samplers {name} --nfe {sampler.nfe}), skipped", flush=True)
                         continue
-                    plan.append((name, steps, options_for(name, options), spacing))
+                    plan += [(name, steps, options_for(name, options), spacing, level) for level in levels]
     if args.full_ddpm:
-        plan.append(("ddpm", full_steps, {}, "schedule"))
+        plan += [("ddpm", full_steps, {}, "schedule", level) for level in levels]
     if args.collapse:
-        plan.append(("ddpm", full_steps, {"add_noise": False}, "schedule"))
+        plan += [("ddpm", full_steps, {"add_noise": False}, "schedule", level) for level in levels]
     rows = []
     if args.floor:
         train = datamodule.real_images("train")
@@ -163,22 +172,22 @@ def run(args: argparse.Namespace) -> list[dict]:
         rows.append({"sampler": "training images (floor)", "steps": 0, "nfe": 0, "fid": result["fid"], "kid": result["kid_mean"],
                      "sampling_seconds": 0.0, "n": args.n, "features": quality.version})
         print(f"floor: {args.n} training images: FID {result['fid']:.3f}, KID {result['kid_mean']:.5f} ({quality.version})")
-    width = max([len("sampler"), *(len(row_label(name, options)) for name, _, options, _ in plan)])
-    print(f"{'sampler':{width}} {'spacing':>9} {'steps':>5} {'NFE':>5} {'FID':>9} {'KID':>9} {'seconds':>8}   ({quality.version}, {args.n} samples)")
-    for name, steps, options, spacing in plan:
+    width = max([len("sampler"), *(len(row_label(name, options)) for name, _, options, _, _ in plan)])
+    print(f"{'sampler':{width}} {'spacing':>9} {'level':>9} {'steps':>5} {'NFE':>5} {'FID':>9} {'KID':>9} {'seconds':>8}   ({quality.version}, {args.n} samples)")
+    for name, steps, options, spacing, level in plan:
         sampler = sampler_for(name, steps, options, spacing, ckpt=args.ckpt)
         label = row_label(name, options)
         start = time.perf_counter()
-        images = sample_images(module, sampler, args.n, args.seed, args.batch_size, bf16, labels)
+        images = sample_images(module, sampler, args.n, args.seed, args.batch_size, bf16, labels, level, args.level_spread)
         seconds = time.perf_counter() - start
         quality.update_fake(images)
         result = quality.compute()
         quality.reset_fake()
-        row = {"sampler": label, "steps": steps, "nfe": sampler.nfe, "spacing": sampler.spacing, "fid": result["fid"], "kid": result["kid_mean"],
+        row = {"sampler": label, "steps": steps, "nfe": sampler.nfe, "spacing": sampler.spacing, "level": level, "fid": result["fid"], "kid": result["kid_mean"],
                "sampling_seconds": round(seconds, 2), "n": args.n, "features": quality.version,
                "precision": "bf16" if bf16 else "32", "labels": args.labels}
         rows.append(row)
-        print(f"{label:{width}} {sampler.spacing:>9} {steps:5d} {sampler.nfe:5d} {row['fid']:9.3f} {row['kid']:9.5f} {seconds:8.1f}", flush=True)
+        print(f"{label:{width}} {sampler.spacing:>9} {level:>9} {steps:5d} {sampler.nfe:5d} {row['fid']:9.3f} {row['kid']:9.5f} {seconds:8.1f}", flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"ckpt": str(args.ckpt), "rows": rows}, indent=2) + "\n")
@@ -198,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--spacing", nargs="+", default=["auto"], choices=["auto", "karras", "schedule", "optimized"],
                         help="noise levels of the fast samplers, one row each: auto: DDPM/DDIM the schedule's, the others "
                              "Karras rho=7; optimized: the levels searched for this checkpoint (tools.search_steps)")
+    parser.add_argument("--level", nargs="+", choices=LEVELS,
+                        help="the level the denoiser sees, one row each: the sampler's (scheduled) or each image's predicted "
+                             "one (a model of experiment=level_free); default: the model's own")
+    parser.add_argument("--level-spread", type=float, default=1.0,
+                        help="--level predicted: each image's logit(alpha_bar) clamped to the batch median +- this")
     parser.add_argument("--precision", default="32", choices=["32", "bf16", "auto"],
                         help="the network in float32 (the tables in BENCHMARKS.md) or under bf16 autocast")
     parser.add_argument("--n", type=integer_at_least(2), default=1000, help="samples per figure")

@@ -154,7 +154,8 @@ def check_compatible(module: nn.Module, state_dict: dict[str, torch.Tensor], pat
 # `_target_` (os.system, builtins.exec, ...) that a tampered config -- .ckpt or .safetensors metadata -- names.
 CHECKPOINT_MODULES = (
     "diffusion.nets.", "diffusion.core.schedules", "diffusion.core.objectives", "diffusion.core.sampling",
-    "diffusion.core.denoising_loss", "diffusion.core.consistency_tuning", "diffusion.core.samplers.", "diffusion.training.module", "torch.optim",
+    "diffusion.core.denoising_loss", "diffusion.core.consistency_tuning", "diffusion.core.level_prediction",
+    "diffusion.core.samplers.", "diffusion.training.module", "torch.optim",
 )
 BUILT_FROM_CONFIG = ("module", "network", "schedule", "objective", "optimizer", "sampler")
 # Where the classes of older checkpoints moved (the split into layers; one file name per module): old prefix -> new.

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from diffusion.core.denoiser import Denoiser, per_sample
 from diffusion.core.denoising_loss import DenoisingLoss
 from diffusion.core.errors import ConfigError, TrainingDiverged
+from diffusion.core.level_prediction import LEVELS, PredictedLevel
 from diffusion.core.objectives import Objective
 from diffusion.core.sampling import Sampler, generate
 from diffusion.core.schedules import Schedule
@@ -71,6 +72,7 @@ class DiffusionModule(L.LightningModule):
             generator)`` returning per-sample losses, with a ``check(denoiser)`` that refuses parts it cannot train:
             ``core.denoising_loss.DenoisingLoss`` (None, as checkpoints before issue 20 store it, means this one) or
             ``core.consistency_tuning.ConsistencyTuning``.
+        noise_conditioning: false: the network is not told the noise level (``core.denoiser.Denoiser``).
         class_names: names of the context classes, kept in the checkpoint for ``sample.py label=NAME``.
         config: the resolved run config, stored in checkpoints so they can be rebuilt without it.
     """
@@ -89,6 +91,7 @@ class DiffusionModule(L.LightningModule):
         label_dropout: float = 0.1,
         max_nonfinite_steps: int = 10,  # for code building a module itself; runs take training.max_nonfinite_steps
         method: Callable[..., Tensor] | None = None,
+        noise_conditioning: bool = True,
         class_names: list[str] | None = None,
         config: dict[str, Any] | None = None,
     ):
@@ -97,7 +100,7 @@ class DiffusionModule(L.LightningModule):
             raise ConfigError(f"unknown lr_schedule {lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
         if not 0 <= label_dropout <= 1:
             raise ConfigError(f"label_dropout={label_dropout} must be in [0, 1]")
-        self.denoiser = Denoiser(net, objective, schedule)
+        self.denoiser = Denoiser(net, objective, schedule, noise_conditioning)
         self.num_classes, self.image_size = int(num_classes), int(image_size)
         check_network(self.denoiser, self.num_classes, self.image_size)
         self.method = method if method is not None else DenoisingLoss()
@@ -114,6 +117,28 @@ class DiffusionModule(L.LightningModule):
     @property
     def schedule(self) -> Schedule:
         return self.denoiser.schedule
+
+    @property
+    def level_predictor(self) -> nn.Module | None:
+        """The noise-level predictor trained beside the denoiser (``core.level_prediction.LevelPredictorLoss``)."""
+        return getattr(self.method, "predictor", None)
+
+    def default_level(self) -> str:
+        """How ``sample`` picks the level its denoiser sees: the predicted one for a model not told the level and
+        trained with a predictor (its grids and FID during training too), else the sampler's."""
+        return "predicted" if not self.denoiser.noise_conditioning and self.level_predictor is not None else "scheduled"
+
+    def sampling_denoiser(self, level: str | None = None, spread: float = 1.0) -> Denoiser | PredictedLevel:
+        """The denoiser the samplers call: ``level="scheduled"`` D itself, ``"predicted"`` D at each image's predicted
+        level (``core.level_prediction.PredictedLevel``, ``spread`` its clamp), None the model's ``default_level``."""
+        level = self.default_level() if level is None else level
+        if level not in LEVELS:
+            raise ConfigError(f"unknown level={level!r}; choose one of {', '.join(LEVELS)}")
+        if level == "scheduled":
+            return self.denoiser
+        if self.level_predictor is None:
+            raise ConfigError("level=predicted needs a model trained with a noise-level predictor (python train.py experiment=level_free); use level=scheduled")
+        return PredictedLevel(self.denoiser, self.level_predictor, spread)
 
     def _labels(self, labels: Tensor, drop: bool) -> Tensor | None:
         """The labels the network sees: an unlabelled image (-1) is the null class (index ``num_classes``), the
@@ -179,6 +204,20 @@ class DiffusionModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Lightning's clipping (``trainer.gradient_clip_val``), applied apart to the denoiser's gradients and to those
+        of a training method's own networks (``LevelPredictorLoss``'s predictor): under one global norm, the
+        predictor's early gradients (errors of several nats) would shrink the denoiser's steps, and a level-free run
+        would train its denoiser less than a conditioned run of the same budget."""
+        method_params = [p for p in self.method.parameters() if p.grad is not None] if isinstance(self.method, nn.Module) else []
+        if gradient_clip_val is None or not method_params:
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        for params in ([p for p in self.denoiser.parameters() if p.grad is not None], method_params):
+            if gradient_clip_algorithm == "value":
+                nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
     def checkpoint_info(self) -> dict[str, Any]:
         """What ``checkpoints.module_from_checkpoint`` needs besides the weights, and the training data's class counts
         (``sample.py label=data``; checkpoints from before them load without)."""
@@ -206,16 +245,18 @@ class DiffusionModule(L.LightningModule):
         generator: torch.Generator | None = None,
         callback=None,
         bf16: bool = False,
+        level: str | None = None,
+        level_spread: float = 1.0,
     ) -> Tensor:
         """n images in [-1, 1]; labels index the context classes (None: unconditional / null class);
-        ``bf16``: the network under bf16 autocast."""
+        ``bf16``: the network under bf16 autocast; ``level``, ``level_spread``: see ``sampling_denoiser``."""
         if labels is not None and self.num_classes == 0:
             raise ConfigError("this model was trained without class labels; drop label=")
         was_training = self.training
         self.eval()
         try:
             return generate(
-                self.denoiser,
+                self.sampling_denoiser(level, level_spread),
                 sampler or self.sampler,
                 n,
                 image_size=self.image_size,
