@@ -13,13 +13,19 @@ import torch
 from conftest import TINY_MODEL, compose_config, describe, raises_config_error, run_script, write_sprites
 from torch import nn
 
-from diffusion.core.consistency_tuning import ConsistencyTuning, ect_r, pseudo_huber
+from diffusion.core.consistency_tuning import (
+    ConsistencyDistillation,
+    ConsistencyTuning,
+    dpm_solver_path,
+    ect_r,
+    pseudo_huber,
+)
 from diffusion.core.denoiser import Denoiser
 from diffusion.core.objectives import EDMPreconditioning, EpsPrediction
 from diffusion.core.samplers.consistency import sample_consistency
 from diffusion.core.schedules import EDMSchedule, LinearSchedule
 from diffusion.training.builders import build_module, sampler_from_conf
-from diffusion.training.checkpoints import initialize_from
+from diffusion.training.checkpoints import initialize_from, teacher_denoiser
 
 SD = 0.5
 
@@ -124,6 +130,77 @@ def test_consistency_tuning_refuses_a_non_edm_model():
     assert "schedule=edm" in message
 
 
+# ------------------------------------------------------------------------------ consistency distillation
+# On Gaussian data x0 ~ N(0, s^2) the denoiser is exact, D(x, sigma) = x s^2 / (s^2 + sigma^2), the ODE through x at
+# level t passes x sqrt(s^2 + r^2) / sqrt(s^2 + t^2) at r, and the exact consistency function is
+# f(x, t) = x s / sqrt(s^2 + t^2). Unlike the one-point set, x0 + r eps is *not* on x_t's trajectory here, so
+# distillation (the teacher's path) and tuning (the same noise direction) give different targets.
+
+S = 0.5
+
+
+def gaussian_denoiser(x, sigma, labels=None):
+    sigma = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1, 1, 1)
+    return x * S**2 / (S**2 + sigma**2)
+
+
+def gaussian_consistency(x, t, labels=None):
+    t = torch.as_tensor(t, dtype=x.dtype).reshape(-1, 1, 1, 1)
+    return x * S / (S**2 + t**2).sqrt()
+
+
+def test_teacher_path_is_a_second_order_solution():
+    """Against the closed form x_t sqrt(s^2 + r^2) / sqrt(s^2 + t^2): doubling the steps divides the error by
+    about 4 (2nd order; DDIM's would halve it), and r = 0 ends at the solution (within sigma_min)."""
+    t = torch.tensor([80.0, 5.0, 1.0, 0.3], dtype=torch.float64)
+    r = torch.tensor([20.0, 0.5, 0.0, 0.1], dtype=torch.float64)
+    x_t = torch.randn(4, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * (S**2 + t**2).sqrt().view(-1, 1, 1, 1)
+    exact = x_t * ((S**2 + r**2) / (S**2 + t**2)).sqrt().view(-1, 1, 1, 1)
+    errors = [(dpm_solver_path(gaussian_denoiser, x_t, t, r, n, 0.002) - exact).flatten(1).norm(dim=1) / exact.flatten(1).norm(dim=1)
+              for n in (4, 8, 16)]
+    assert (errors[2] < 1e-2).all(), errors[2]
+    ratio = errors[1] / errors[2]
+    assert (ratio > 3.3).all() and (ratio < 4.5).all(), ratio
+    # one step from 5 to 0.5, a hop of ECT's first stages: 10% off (a Heun step in sigma lands 120% off)
+    one = dpm_solver_path(gaussian_denoiser, x_t, t, r, 1, 0.002)
+    assert (one[1] - exact[1]).norm() / exact[1].norm() < 0.11
+
+
+def test_distillation_targets_the_teachers_trajectory():
+    """With the exact teacher and the exact consistency function, distillation's loss is ~0 at every stage (r = 0
+    and r -> t alike): f(x_r, r) is where f(x_t, t) already is, up to the teacher path's discretisation. Tuning's
+    target x0 + r eps is off that trajectory: its loss is large for the same function."""
+    x0 = torch.randn(256, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * S
+
+    def distance(method, stage):  # ||f(x_t, t) - f(x_r, r)|| / ||f(x_t, t)|| per sample (f(x_t, t) ~ N(0, s^2))
+        loss = method(gaussian_consistency, x0, step=stage, generator=torch.Generator().manual_seed(stage))
+        t = method.sample_t(256, generator=torch.Generator().manual_seed(stage))
+        return loss * (t - ect_r(t, stage)) / (S * math.sqrt(x0[0].numel()))
+
+    cd = ConsistencyDistillation(teacher=lambda: gaussian_denoiser, teacher_steps=16, stage_steps=1)
+    ect = ConsistencyTuning(stage_steps=1)
+    for stage, bound in ((0, 2e-2), (2, 1e-4)):  # stage 0: hops to r = 0 through sigma_min, the widest
+        assert distance(cd, stage).max() < bound
+        assert distance(ect, stage).median() > 0.1
+    # one step suffices once r is close to t (the last stages)
+    one_step = ConsistencyDistillation(teacher=lambda: gaussian_denoiser, teacher_steps=1, stage_steps=1)
+    assert distance(one_step, 8).max() < 1e-5 and distance(ect, 8).median() > 1e-3
+
+
+def test_distillation_needs_its_teacher_and_keeps_it_out_of_the_model(tmp_path):
+    message = raises_config_error(tiny_module, "experiment=cd")
+    assert "init_from=" in message and "\n" not in message
+    teacher = save_teacher(tiny_module("schedule=edm", "objective=edm"), tmp_path / "teacher.ckpt")
+    student = tiny_module("experiment=cd", f"init_from={teacher}")
+    assert isinstance(student.method, ConsistencyDistillation)
+    frozen = student.method.teacher(torch.zeros(1))
+    assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+    # not the student's: no optimizer, EMA or checkpoint holds the teacher
+    assert all(not name.startswith("method.") for name in student.state_dict())
+    assert {id(p) for p in frozen.parameters()}.isdisjoint(id(p) for p in student.parameters())
+    assert isinstance(teacher_denoiser(teacher), Denoiser)
+
+
 # ----------------------------------------------------------------------------------------- the sampler
 
 
@@ -206,3 +283,10 @@ def test_ect_fine_tunes_a_trained_edm_model(tmp_path):
     assert tuned["diffusion"]["config"]["module"]["method"]["_target_"] == "diffusion.core.consistency_tuning.ConsistencyTuning"
     for name, value in start.items():
         torch.testing.assert_close(tuned["current_model_state"][name], value, rtol=0, atol=1e-6, msg=name)
+    # consistency distillation from the same teacher: it trains, and its checkpoint holds no teacher weights
+    distilled = run_script("train.py", *common, "experiment=cd", f"init_from={ckpt}", "trainer.max_steps=2",
+                           f"hydra.run.dir={tmp_path / 'cd'}")
+    assert distilled.returncode == 0, describe(distilled)
+    state = torch.load(tmp_path / "cd" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["diffusion"]["config"]["module"]["method"]["_target_"].endswith("ConsistencyDistillation")
+    assert set(state["state_dict"]) == set(start)

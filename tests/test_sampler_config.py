@@ -38,7 +38,7 @@ def test_defaults_and_name():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(steps=0), "steps=0 must be an integer >= 1"),
     (dict(steps=True), "steps=True must be an integer >= 1"),
-    (dict(spacing="nope"), "unknown sampler spacing 'nope'; choose one of karras, schedule"),
+    (dict(spacing="nope"), "unknown sampler spacing 'nope'; choose one of karras, schedule, optimized"),
     (dict(clip_denoised="clip"), "unknown sampler.clip_denoised='clip'; choose one of static, dynamic or null"),
     (dict(clip_percentile=0.0), "sampler.clip_percentile=0.0 must be in (0, 1], e.g. 0.995"),
 ])

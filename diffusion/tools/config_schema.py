@@ -122,14 +122,20 @@ OPTIMIZER = Node(
     },
     closed_for=("torch.optim.Adam", "torch.optim.AdamW"),
 )
+ECT_KEYS = {
+    "_target_": Str(), "P_mean": Float(), "P_std": POSITIVE, "q": Float(low=1, low_open=True), "k": NON_NEGATIVE,
+    "b": NON_NEGATIVE, "c": NON_NEGATIVE, "stage_steps": Int(min=1),
+}
 # A training method is one loss class per ``_target_`` (diffusion/core/): each names its own keys, so a typo in
 # one (``+training.method.P_meen``) stops at the check instead of in Hydra's instantiate.
 TRAINING_METHOD = ByTarget(
     {
         "diffusion.core.denoising_loss.DenoisingLoss": Node({"_target_": Str()}, closed_for=("diffusion.",)),
-        "diffusion.core.consistency_tuning.ConsistencyTuning": Node(
-            {"_target_": Str(), "P_mean": Float(), "P_std": POSITIVE, "q": Float(low=1, low_open=True), "k": NON_NEGATIVE,
-             "b": NON_NEGATIVE, "c": NON_NEGATIVE, "stage_steps": Int(min=1)},
+        "diffusion.core.consistency_tuning.ConsistencyTuning": Node(ECT_KEYS, closed_for=("diffusion.",)),
+        "diffusion.core.consistency_tuning.ConsistencyDistillation": Node(
+            {**ECT_KEYS, "teacher_steps": Int(min=1),
+             "teacher": ByTarget({"diffusion.training.checkpoints.teacher_denoiser": Node(
+                 {"_target_": Str(), "_partial_": Bool(), "path": OPTIONAL_PATH}, closed_for=("diffusion.",))})},
             closed_for=("diffusion.",),
         ),
         "diffusion.core.level_prediction.LevelPredictorLoss": Node(

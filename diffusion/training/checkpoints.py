@@ -273,3 +273,12 @@ def initialize_from(module: DiffusionModule, path: str | Path) -> None:
         raise ConfigError(f"init_from={path} was trained on {info.get('image_size')}-pixel images, this run's data are {module.image_size}; use the same data")
     check_compatible(module, checkpoint["state_dict"], path)
     module.load_state_dict(checkpoint["state_dict"])
+
+
+def teacher_denoiser(path: str | Path | None):
+    """The denoiser of a trained run (its EMA weights), frozen and in eval mode: the teacher of a distillation method
+    (``core.consistency_tuning.ConsistencyDistillation``), which calls this on first use."""
+    if path is None:
+        raise ConfigError("consistency distillation needs its teacher: init_from=RUN/checkpoints/last.ckpt (experiment=cd)")
+    denoiser = module_from_checkpoint(load_checkpoint(path)).denoiser
+    return denoiser.eval().requires_grad_(False)
