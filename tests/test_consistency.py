@@ -25,7 +25,7 @@ from diffusion.core.objectives import EDMPreconditioning, EpsPrediction
 from diffusion.core.samplers.consistency import sample_consistency
 from diffusion.core.schedules import EDMSchedule, LinearSchedule
 from diffusion.training.builders import build_module, sampler_from_conf
-from diffusion.training.checkpoints import initialize_from, teacher_denoiser
+from diffusion.training.checkpoints import TeacherCheckpoint, initialize_from, load_checkpoint, module_from_checkpoint
 
 SD = 0.5
 
@@ -198,7 +198,7 @@ def test_distillation_needs_its_teacher_and_keeps_it_out_of_the_model(tmp_path):
     # not the student's: no optimizer, EMA or checkpoint holds the teacher
     assert all(not name.startswith("method.") for name in student.state_dict())
     assert {id(p) for p in frozen.parameters()}.isdisjoint(id(p) for p in student.parameters())
-    assert isinstance(teacher_denoiser(teacher), Denoiser)
+    assert isinstance(TeacherCheckpoint(teacher)(), Denoiser)
 
 
 # ----------------------------------------------------------------------------------------- the sampler
@@ -290,3 +290,7 @@ def test_ect_fine_tunes_a_trained_edm_model(tmp_path):
     state = torch.load(tmp_path / "cd" / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["diffusion"]["config"]["module"]["method"]["_target_"].endswith("ConsistencyDistillation")
     assert set(state["state_dict"]) == set(start)
+    # it loads for sampling without reading its teacher (whose file may be gone)
+    ckpt.unlink()
+    module = module_from_checkpoint(load_checkpoint(tmp_path / "cd" / "checkpoints" / "last.ckpt"))
+    assert isinstance(module.method, ConsistencyDistillation)

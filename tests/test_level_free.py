@@ -119,7 +119,7 @@ def test_bad_level_options_are_one_line(tmp_path, capsys):
         assert error.startswith("error: ") and "experiment=level_free" in error and error.count("\n") == 1
 
 
-def test_the_predictor_gradients_are_clipped_apart_from_the_denoisers():
+def test_the_predictor_gradients_are_clipped_apart_from_the_denoisers(monkeypatch):
     module = build_module(compose_config("train", [*TINY_MODEL, "paths.output_dir=.", "experiment=level_free"]), 5, 16, list("abcde"))
     for p in module.denoiser.parameters():
         p.grad = torch.full_like(p, 1e-4)
@@ -130,6 +130,14 @@ def test_the_predictor_gradients_are_clipped_apart_from_the_denoisers():
     module.configure_gradient_clipping(None, 1.0, "norm")  # trainer.gradient_clip_val=1.0, the default
     torch.testing.assert_close(torch.cat([p.grad.flatten() for p in module.denoiser.parameters()]).norm(), denoiser_norm)
     torch.testing.assert_close(torch.cat([p.grad.flatten() for p in module.level_predictor.parameters()]).norm(), torch.tensor(1.0), rtol=1e-3, atol=0)
+    # gradient_clip_val=0 is Lightning's "no clipping": handed to Lightning, not a clip of every gradient to norm 0
+    import lightning as L
+
+    handed = []
+    monkeypatch.setattr(L.LightningModule, "configure_gradient_clipping", lambda self, *args: handed.append(args))
+    module.configure_gradient_clipping(None, 0.0, "norm")
+    assert handed == [(None, 0.0, "norm")]
+    assert torch.cat([p.grad.flatten() for p in module.level_predictor.parameters()]).norm() > 0.5
 
 
 @pytest.fixture(scope="module")

@@ -54,6 +54,56 @@ def test_the_search_keeps_levels_descending_above_the_floor_and_within_budget():
     assert result.value < 14.0
 
 
+def test_a_time_budget_ends_the_search_between_evaluations():
+    """``stop`` is asked before each evaluation after the first: the search ends at the first True, with the best
+    levels found so far (search_steps --max-share, a share of the run's training time)."""
+    seen = []
+
+    def low(levels):
+        seen.append(list(levels))
+        return sum(levels)
+
+    result = compass_search(low, [10.0, 3.0, 1.0], evaluations=25, floor=0.5, stop=lambda: len(seen) >= 4)
+    assert len(seen) == 4 == result.evaluations
+    assert result.value == min(sum(levels) for levels in seen) < sum([10.0, 3.0, 1.0])
+
+
+def test_the_search_metric_makes_no_collective_call(tmp_path, monkeypatch):
+    """In a multi-process run the FID callback searches on rank 0 while the other ranks wait in a broadcast: the
+    search's FID must be this process's alone (a collective there would hang the run), unlike the measurement's."""
+    import torch.distributed as dist
+    from torch import nn
+
+    from diffusion.evaluation.metrics import ImageQuality
+    from diffusion.evaluation.searched_levels import training_reference
+
+    class Pixels(nn.Module):
+        num_features = 6
+
+        def forward(self, x):
+            return x.float().flatten(1)[:, :6] / 255
+
+    images = torch.randint(0, 256, (40, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    try:
+        def collective(*args, **kwargs):
+            raise AssertionError("a collective call")
+
+        for name in ("all_reduce", "all_gather", "broadcast"):
+            monkeypatch.setattr(dist, name, collective)
+        local = training_reference(Pixels(), images[:20], seed=0)
+        local.update_fake(images[20:])
+        assert math.isfinite(local.compute()["fid"])
+        synced = ImageQuality(Pixels(), kid_subsets=1)
+        synced.update_real(images[:20])
+        synced.update_fake(images[20:])
+        with pytest.raises(AssertionError, match="collective"):
+            synced.compute()
+    finally:
+        monkeypatch.undo()
+        dist.destroy_process_group()
+
+
 def test_searched_levels_beat_karras_on_gaussian_data():
     """The closed form of issue 18's sampler check as the objective: Euler's relative error against the exact ODE
     solution on Gaussian data (``core.exact.gaussian_gap``), at NFE 3 on the EDM range. Karras' levels leave a

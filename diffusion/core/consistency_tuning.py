@@ -156,8 +156,8 @@ class ConsistencyDistillation(ConsistencyTuning):
 
     Args:
         teacher: a function of no arguments returning the teacher's denoiser, called once on first use (the config's
-            ``_partial_`` ``training.checkpoints.teacher_denoiser``: a trained run's EMA weights, frozen). The teacher
-            is not part of this module: no optimizer, EMA or checkpoint holds it; a resumed run loads it again.
+            ``training.checkpoints.TeacherCheckpoint``: a trained run's EMA weights, frozen). The teacher is not part
+            of the trained module: no optimizer, EMA or checkpoint holds it; a resumed run reads it again.
         teacher_steps: DPM-Solver++(2S) steps of the teacher from t to r (2 evaluations each, and one more for a
             batch with r = 0 samples).
         **ect: ``ConsistencyTuning``'s settings.
@@ -167,8 +167,6 @@ class ConsistencyDistillation(ConsistencyTuning):
         super().__init__(**ect)
         if not callable(teacher):
             raise ConfigError("training.method.teacher must build the teacher's denoiser (experiment=cd sets it from init_from=CKPT)")
-        if getattr(teacher, "keywords", {}).get("path", "") is None:  # the config's loader, with init_from unset
-            raise ConfigError("consistency distillation needs its teacher: init_from=RUN/checkpoints/last.ckpt (experiment=cd)")
         if isinstance(teacher_steps, bool) or not isinstance(teacher_steps, int) or teacher_steps < 1:
             raise ConfigError(f"training.method.teacher_steps={teacher_steps} must be a positive integer (teacher's solver steps from t to r)")
         self.teacher_steps = teacher_steps

@@ -11,6 +11,11 @@ logit(alpha_bar) = ln(alpha_bar / (1 - alpha_bar)) = -2 ln sigma, and the predic
 image x / sqrt(b^2 + sigma^2) (b the schedule's ``input_scale``), the lesson's sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar)
 eps. ``Denoiser(noise_conditioning=False)`` is part (2); ``LevelPredictorLoss``, a training method, trains the
 predictor beside the denoiser; ``PredictedLevel`` is part (3) as a denoiser, so every sampler runs it unchanged.
+
+One difference from the lesson's sampler: its DDIM step rebuilds x_{t-1} from x0_hat and the network's own noise
+estimate, so each step puts the noise back at the scheduled level; here the samplers derive their noise estimate as
+(x - D(x, sigma_hat)) / sigma at the scheduled sigma, so a gap between the image's actual and scheduled noise carries
+from step to step (and a stochastic sampler adds noise for the scheduled level).
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ LEVELS = ("scheduled", "predicted")
 
 
 def level_target(sigma: Tensor) -> Tensor:
-    """logit(alpha_bar) = -2 ln sigma, the predictor's regression target (the lesson's ``alpha_bar.logit()``)."""
+    """-2 ln sigma, the predictor's regression target: the lesson's logit(alpha_bar) for data at scale 1 (the
+    schedule's ``input_scale`` b = 1; for other b, logit(alpha_bar) = 2 ln b - 2 ln sigma, and the target stays
+    -2 ln sigma, converted back by ``sigma_from_level``)."""
     return -2 * sigma.log()
 
 

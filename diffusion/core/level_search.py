@@ -60,6 +60,7 @@ def compass_search(
     step: float = 0.7,
     min_step: float = 0.05,
     floor: float | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> SearchResult:
     """Minimise ``objective(levels)`` over the levels after the first, one at a time, in log sigma.
 
@@ -70,6 +71,7 @@ def compass_search(
         step: the first move in log sigma (0.7: a factor of about 2).
         min_step: stop when the step has been halved below this.
         floor: the lowest level allowed (default: none below the start's lowest / 10).
+        stop: asked before each evaluation after the first; True ends the search there (a time budget).
     """
     levels = check_levels(start)
     if evaluations < 1:
@@ -82,7 +84,8 @@ def compass_search(
         moved = False
         for i in range(1, len(logs)):
             for direction in (1.0, -1.0):
-                if result.evaluations >= evaluations:
+                if result.evaluations >= evaluations or (stop is not None and stop()):
+                    evaluations = result.evaluations  # ends the sweep and the search
                     break
                 trial = list(logs)
                 trial[i] += direction * step

@@ -95,6 +95,9 @@ class Sampler:
         if sigma_min is not None and not (isinstance(sigma_min, (int, float)) and sigma_min > 0):
             raise ConfigError(f"sampler.sigma_min={sigma_min} must be a positive number (or null: the schedule's)")
         self.sigma_min = None if sigma_min is None else float(sigma_min)
+        if levels is not None and spacing != "optimized":
+            raise ConfigError(f"sampler.levels are walked with spacing=optimized only (got spacing={spacing}); "
+                              "set sampler.spacing=optimized or drop sampler.levels")
         self.levels = None if levels is None else check_levels(levels)
 
     def with_steps(self, steps: int) -> Sampler:
@@ -105,6 +108,8 @@ class Sampler:
         args = dict(fn=self.fn, steps=self.steps, spacing=self.spacing, rho=self.rho, options=self.options, name=self.name,
                     sigma_min=self.sigma_min, clip_denoised=self.clip_denoised, clip_percentile=self.clip_percentile,
                     levels=self.levels)
+        if changes.get("spacing", "optimized") != "optimized" or "steps" in changes:
+            args["levels"] = None  # searched levels belong to one spacing and NFE
         return Sampler(**{**args, **changes})
 
     @property

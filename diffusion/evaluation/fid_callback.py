@@ -300,7 +300,8 @@ class FIDCallback(L.Callback):
                                                            pl_module.device)
             n = self.search_samples
             search_labels = None if labels is None else labels.repeat(n // len(labels) + 1)[:n]
-            objective = SampleQuality(pl_module, sampler, self.search_reference, n=n, seed=self.seed + 1, labels=search_labels,
+            seed = self.seed + trainer.world_size  # the measurement's ranks use seed + rank: not the noise it is judged on
+            objective = SampleQuality(pl_module, sampler, self.search_reference, n=n, seed=seed, labels=search_labels,
                                       bf16=bf16, batch_size=self.batch_size)
             result, seconds = search_levels(objective, pl_module.schedule, evaluations=self.search_evaluations)
             payload = {"levels": result.levels, "search_seconds": round(seconds, 2), "search_fid_karras": result.start_value,

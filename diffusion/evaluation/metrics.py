@@ -148,9 +148,11 @@ class ImageQuality(nn.Module):
         feature: the feature network (uint8 (N, 3, H, W) -> (N, d)), with ``num_features``.
         kid_subsets, kid_subset_size: KID's subsets; the size is clipped to half the smaller set (``kid_subset_size``).
         seed: seed of the KID subsets.
+        local: figures of this process's images alone, with no collective call (one process measuring while the
+            others wait, as the FID callback's level search on rank 0).
     """
 
-    def __init__(self, feature: nn.Module, kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0):
+    def __init__(self, feature: nn.Module, kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0, local: bool = False):
         super().__init__()
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.kid import KernelInceptionDistance
@@ -161,13 +163,14 @@ class ImageQuality(nn.Module):
             raise ConfigError(f"kid_subset_size={kid_subset_size} must be an integer >= 2")
         feature = feature.eval().requires_grad_(False)
         self.version = getattr(feature, "version", None) or type(feature).__name__
-        self.kid_subset_size, self.seed = kid_subset_size, seed
+        self.kid_subset_size, self.seed, self.local = kid_subset_size, seed, local
         # normalize=False: the feature networks take uint8 images, the reference set's own type.
-        self.fid = FrechetInceptionDistance(feature=feature, reset_real_features=False, normalize=False)
+        self.fid = FrechetInceptionDistance(feature=feature, reset_real_features=False, normalize=False, sync_on_compute=not local)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
             self.kid = KernelInceptionDistance(
-                feature=feature, subsets=kid_subsets, subset_size=kid_subset_size, reset_real_features=False, normalize=False
+                feature=feature, subsets=kid_subsets, subset_size=kid_subset_size, reset_real_features=False, normalize=False,
+                sync_on_compute=not local,
             )
 
     @property
@@ -203,7 +206,7 @@ class ImageQuality(nn.Module):
 
     def _counts(self) -> tuple[int, int]:
         counts = torch.stack([self.fid.real_features_num_samples, self.fid.fake_features_num_samples]).clone()
-        if _distributed():
+        if _distributed() and not self.local:
             torch.distributed.all_reduce(counts)
         return int(counts[0]), int(counts[1])
 

@@ -74,6 +74,17 @@ def integer_at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
+def share(text: str) -> float:
+    """An argparse ``type=`` for a share of something: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a share in (0, 1], e.g. 0.05") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} must be a share in (0, 1], e.g. 0.05")
+    return value
+
+
 def check_settings(cfg, command: str) -> None:
     """Every key of ``command``'s composed config against its declared type and range
     (``diffusion.tools.config_schema``), before any work starts; a bad one raises the one-line ConfigError."""

@@ -134,8 +134,8 @@ TRAINING_METHOD = ByTarget(
         "diffusion.core.consistency_tuning.ConsistencyTuning": Node(ECT_KEYS, closed_for=("diffusion.",)),
         "diffusion.core.consistency_tuning.ConsistencyDistillation": Node(
             {**ECT_KEYS, "teacher_steps": Int(min=1),
-             "teacher": ByTarget({"diffusion.training.checkpoints.teacher_denoiser": Node(
-                 {"_target_": Str(), "_partial_": Bool(), "path": OPTIONAL_PATH}, closed_for=("diffusion.",))})},
+             "teacher": ByTarget({"diffusion.training.checkpoints.TeacherCheckpoint": Node(
+                 {"_target_": Str(), "path": OPTIONAL_PATH}, closed_for=("diffusion.",))})},
             closed_for=("diffusion.",),
         ),
         "diffusion.core.level_prediction.LevelPredictorLoss": Node(

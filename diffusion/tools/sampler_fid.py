@@ -157,6 +157,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                         print(f"{name}: no levels searched at NFE {sampler.nfe} (python -m diffusion.tools.search_steps "
                               f"{args.ckpt} --samplers {name} --nfe {sampler.nfe}), skipped", flush=True)
                         continue
+                    if spacing == "optimized":  # levels searched for another version of the file: stop before sampling
+                        with_searched_levels(sampler.replace(spacing="optimized"), args.ckpt)
                     plan += [(name, steps, options_for(name, options), spacing, level) for level in levels]
     if args.full_ddpm:
         plan += [("ddpm", full_steps, {}, "schedule", level) for level in levels]

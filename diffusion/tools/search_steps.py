@@ -1,13 +1,14 @@
 """Search the noise levels of a few-step sampler for one trained model (``spacing: optimized``).
 
     python -m diffusion.tools.search_steps RUN/checkpoints/last.ckpt --nfe 3 4 [--samplers dpmpp_2m_sde dpmpp_2m]
-                                          [--n 256] [--evaluations 30] [--seed 1] [--precision auto]
+                                          [--n 256] [--evaluations 30] [--max-share 0.05] [--seed 1] [--precision auto]
 
 For each sampler and NFE: starting from the Karras levels, move one level at a time (``core.level_search``) to
 lower the FID of n samples against the model's training images (``evaluation.searched_levels``), and write the levels
-beside the checkpoint (``last.dpmpp_2m_sde.nfe4.levels.json``). ``sample.py sampler.spacing=optimized``,
-``sampler_fid --spacing optimized`` and the FID callback then use them. The search's cost is printed against the
-run's training time (its ``metrics.json``) where the checkpoint sits in a run folder.
+beside the checkpoint (``last.dpmpp_2m_sde.nfe4.levels.json``). ``sample.py sampler.spacing=optimized`` and
+``sampler_fid --spacing optimized`` then use them (the FID callback searches its own, for the weights of each
+measurement). Where the checkpoint sits in a run folder, each search stops starting evaluations once it has spent
+``--max-share`` of the run's training time (its ``metrics.json``), and prints its share. NFE 1 has nothing to search.
 """
 
 from __future__ import annotations
@@ -19,8 +20,14 @@ from pathlib import Path
 import torch
 
 from diffusion.core.errors import OneLineArgumentParser
-from diffusion.evaluation.searched_levels import SampleQuality, search_levels, training_reference, write_levels
-from diffusion.tools.cli import integer_at_least, reports_user_errors
+from diffusion.evaluation.searched_levels import (
+    SampleQuality,
+    file_digest,
+    search_levels,
+    training_reference,
+    write_levels,
+)
+from diffusion.tools.cli import integer_at_least, reports_user_errors, share
 from diffusion.tools.sampler_fid import fid_labels, reference_quality, steps_at_nfe
 from diffusion.training.builders import sampler_from_conf, sampler_names
 from diffusion.training.checkpoints import load_checkpoint, module_from_checkpoint
@@ -39,12 +46,14 @@ def training_seconds(ckpt: str | Path) -> float | None:
 @reports_user_errors
 def run(args: argparse.Namespace) -> list[dict]:
     bf16 = sampling_in_bf16(args.precision, torch.device("cpu"))
+    digest = file_digest(args.ckpt)  # before reading it: the levels belong to these bytes
     checkpoint = load_checkpoint(args.ckpt)
     module = module_from_checkpoint(checkpoint).eval()
     validation, datamodule = reference_quality(checkpoint, kid_subsets=1)
     quality = training_reference(validation.feature, datamodule.real_images("train"), args.seed)
     labels = fid_labels(module, datamodule, args.n)
     trained = training_seconds(args.ckpt)
+    budget = None if trained is None or args.max_share is None else args.max_share * trained
     rows = []
     for name in args.samplers:
         for nfe in args.nfe:
@@ -53,10 +62,13 @@ def run(args: argparse.Namespace) -> list[dict]:
                 print(f"{name}: skipped at NFE {nfe}, below its lowest sound NFE", flush=True)
                 continue
             sampler = sampler_from_conf(name, steps)
+            if sampler.steps < 2:
+                print(f"{name}: nothing to search at NFE {nfe} (its one level is sigma_max)", flush=True)
+                continue
             objective = SampleQuality(module, sampler, quality, n=args.n, seed=args.seed, labels=labels, bf16=bf16)
-            result, seconds = search_levels(objective, module.schedule, evaluations=args.evaluations)
+            result, seconds = search_levels(objective, module.schedule, evaluations=args.evaluations, seconds=budget)
             share = None if trained is None else seconds / trained
-            path = write_levels(args.ckpt, sampler, result, seconds, n=args.n, seed=args.seed, reference="training images",
+            path = write_levels(args.ckpt, sampler, result, seconds, digest, n=args.n, seed=args.seed, reference="training images",
                                 features=quality.version, precision="bf16" if bf16 else "32",
                                 share_of_training_time=None if share is None else round(share, 4))
             cost = f"{seconds:.0f} s" + ("" if share is None else f", {100 * share:.1f}% of the run's {trained:.0f} s of training")
@@ -77,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--evaluations", type=integer_at_least(1), default=30, help="evaluations of the objective per search")
     parser.add_argument("--seed", type=integer_at_least(0), default=1,
                         help="seed of the search's noise and reference subset (sampler_fid measures with seed 0 by default)")
+    parser.add_argument("--max-share", type=share, default=0.05,
+                        help="time budget of each search as a share of the run's training time (its metrics.json; no "
+                             "budget where the checkpoint has none): no evaluation starts after it")
     parser.add_argument("--precision", default="auto", choices=["32", "bf16", "auto"],
                         help="the network under bf16 autocast where the CPU/GPU has fast bf16 (auto), or as given")
     return parser

@@ -155,7 +155,7 @@ def check_compatible(module: nn.Module, state_dict: dict[str, torch.Tensor], pat
 CHECKPOINT_MODULES = (
     "diffusion.nets.", "diffusion.core.schedules", "diffusion.core.objectives", "diffusion.core.sampling",
     "diffusion.core.denoising_loss", "diffusion.core.consistency_tuning", "diffusion.core.level_prediction",
-    "diffusion.core.samplers.", "diffusion.training.module", "torch.optim",
+    "diffusion.core.samplers.", "diffusion.training.module", "diffusion.training.checkpoints", "torch.optim",
 )
 BUILT_FROM_CONFIG = ("module", "network", "schedule", "objective", "optimizer", "sampler")
 # Where the classes of older checkpoints moved (the split into layers; one file name per module): old prefix -> new.
@@ -275,10 +275,20 @@ def initialize_from(module: DiffusionModule, path: str | Path) -> None:
     module.load_state_dict(checkpoint["state_dict"])
 
 
-def teacher_denoiser(path: str | Path | None):
-    """The denoiser of a trained run (its EMA weights), frozen and in eval mode: the teacher of a distillation method
-    (``core.consistency_tuning.ConsistencyDistillation``), which calls this on first use."""
-    if path is None:
-        raise ConfigError("consistency distillation needs its teacher: init_from=RUN/checkpoints/last.ckpt (experiment=cd)")
-    denoiser = module_from_checkpoint(load_checkpoint(path)).denoiser
-    return denoiser.eval().requires_grad_(False)
+
+class TeacherCheckpoint:
+    """The teacher of a distillation method (``core.consistency_tuning.ConsistencyDistillation``): a trained run's
+    denoiser (its EMA weights), frozen and in eval mode, read from ``path`` when the method first calls this. Until
+    then it is only a path, so a distilled model's checkpoint loads for sampling without its teacher's file."""
+
+    def __init__(self, path: str | Path | None):
+        if path is None:
+            raise ConfigError("consistency distillation needs its teacher: init_from=RUN/checkpoints/last.ckpt (experiment=cd)")
+        self.path = str(path)
+
+    def __call__(self):
+        denoiser = module_from_checkpoint(load_checkpoint(self.path)).denoiser
+        return denoiser.eval().requires_grad_(False)
+
+    def __repr__(self) -> str:
+        return f"TeacherCheckpoint({self.path!r})"

@@ -210,7 +210,7 @@ class DiffusionModule(L.LightningModule):
         predictor's early gradients (errors of several nats) would shrink the denoiser's steps, and a level-free run
         would train its denoiser less than a conditioned run of the same budget."""
         method_params = [p for p in self.method.parameters() if p.grad is not None] if isinstance(self.method, nn.Module) else []
-        if gradient_clip_val is None or not method_params:
+        if not gradient_clip_val or gradient_clip_val <= 0 or not method_params:  # Lightning: <= 0 clips nothing
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
         for params in ([p for p in self.denoiser.parameters() if p.grad is not None], method_params):
             if gradient_clip_algorithm == "value":
