@@ -172,8 +172,9 @@ def run(args: argparse.Namespace) -> list[dict]:
         result = quality.compute()
         quality.reset_fake()
         rows.append({"sampler": "training images (floor)", "steps": 0, "nfe": 0, "fid": result["fid"], "kid": result["kid_mean"],
-                     "sampling_seconds": 0.0, "n": args.n, "features": quality.version})
-        print(f"floor: {args.n} training images: FID {result['fid']:.3f}, KID {result['kid_mean']:.5f} ({quality.version})")
+                     "sampling_seconds": 0.0, "n": len(pick), "features": quality.version})
+        # a small set has fewer training images than n samples: the count is what was measured
+        print(f"floor: {len(pick)} training images: FID {result['fid']:.3f}, KID {result['kid_mean']:.5f} ({quality.version})")
     width = max([len("sampler"), *(len(row_label(name, options)) for name, _, options, _, _ in plan)])
     print(f"{'sampler':{width}} {'spacing':>9} {'level':>9} {'steps':>5} {'NFE':>5} {'FID':>9} {'KID':>9} {'seconds':>8}   ({quality.version}, {args.n} samples)")
     for name, steps, options, spacing, level in plan:

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from diffusion.core.errors import ConfigError
 from diffusion.core.labels import class_cycle
 from diffusion.data import images
 from diffusion.training import experiment_tracking
@@ -84,9 +85,20 @@ def write_plots(run_dir: Path) -> None:
         print(f"warning: plots not written: {err}", file=sys.stderr)
 
 
+def check_no_searched_levels(cfg: DictConfig) -> None:
+    """Searched levels belong to a trained checkpoint; the samplers of a run's grids and final samples have none to
+    read (the FID callback searches its own), so ``spacing: optimized`` there would fail only after training."""
+    grid = OmegaConf.select(cfg, "callbacks.sample_grid.sampler")
+    for key, sampler in (("sampler", cfg.get("sampler")), ("callbacks.sample_grid.sampler", grid)):
+        if sampler is not None and sampler.get("spacing") == "optimized" and not sampler.get("levels"):
+            raise ConfigError(f"{key}.spacing=optimized needs levels searched for a trained checkpoint: train with "
+                              f"{key}.spacing=karras, then python -m diffusion.tools.search_steps RUN/checkpoints/last.ckpt")
+
+
 def train(cfg: DictConfig) -> float:
     timer = RunTimer()
     hide_lightning_noise()
+    check_no_searched_levels(cfg)
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), run_dir)
     check_run_dir(run_dir, resuming=ckpt_path is not None)
