@@ -101,6 +101,12 @@ def test_the_kenney_set_stays_as_measured(wheels, tmp_path, capsys):
     assert "4 sprites in" in capsys.readouterr().out
     with Image.open(out / "characters" / "animated_characters__hero.png") as hero:
         assert hero.size == (12, 12)
+    # a second run into the same folder would mix old files into the new set: refused, nothing touched
+    (out / "tiles" / "stale.png").write_bytes(b"x")
+    with pytest.raises(SystemExit) as info:
+        make_kenney.main(["--set", "real", wheels[0], str(out)])
+    assert info.value.code == 2 and "is not empty" in capsys.readouterr().err
+    assert (out / "tiles" / "stale.png").read_bytes() == b"x" and not (out / "cards").exists()
 
 
 @pytest.mark.parametrize(

@@ -133,7 +133,8 @@ class Sampler:
         return schedule.sigmas(self.steps)
 
     def __repr__(self) -> str:
-        return f"Sampler({self.name}, steps={self.steps}, spacing={self.spacing}, nfe={self.nfe})"
+        levels = "" if self.levels is None else ", levels=[" + ", ".join(f"{v:.4g}" for v in self.levels) + "]"
+        return f"Sampler({self.name}, steps={self.steps}, spacing={self.spacing}, nfe={self.nfe}{levels})"
 
 
 @torch.no_grad()

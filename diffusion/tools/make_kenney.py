@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.image_size < 1:
         parser.error(f"argument --image-size: {args.image_size} must be an integer >= 1")
+    if Path(args.out).is_dir() and any(Path(args.out).iterdir()):  # old files would join the new set unseen
+        parser.error(f"{args.out} is not empty: write the set into a new folder (or delete this one first)")
     counts = make_folder(args.wheels, args.out, args.which, args.image_size)
     listing = ", ".join(f"{name} {c['written']}" for name, c in counts.items())
     blank, dupes = sum(c["blank"] for c in counts.values()), sum(c["duplicate"] for c in counts.values())
