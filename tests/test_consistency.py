@@ -199,6 +199,10 @@ def test_distillation_needs_its_teacher_and_keeps_it_out_of_the_model(tmp_path):
     assert all(not name.startswith("method.") for name in student.state_dict())
     assert {id(p) for p in frozen.parameters()}.isdisjoint(id(p) for p in student.parameters())
     assert isinstance(TeacherCheckpoint(teacher)(), Denoiser)
+    # a consistency model is no teacher: its output is not a denoiser whose ODE the path follows
+    tuned = save_teacher(tiny_module("experiment=ect"), tmp_path / "ect.ckpt")
+    message = raises_config_error(TeacherCheckpoint(tuned))
+    assert "consistency model" in message and "\n" not in message
 
 
 # ----------------------------------------------------------------------------------------- the sampler

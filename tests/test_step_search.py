@@ -104,6 +104,14 @@ def test_the_search_metric_makes_no_collective_call(tmp_path, monkeypatch):
         dist.destroy_process_group()
 
 
+def test_levels_go_with_optimized_spacing_and_their_nfe_only():
+    walked = Sampler("euler", steps=3, spacing="optimized", levels=[80.0, 2.0, 0.3])
+    assert walked.replace(steps=3).levels == [80.0, 2.0, 0.3]  # sample.py passes steps= even when unchanged
+    assert walked.replace(steps=4).levels is None and walked.replace(spacing="karras").levels is None
+    with pytest.raises(ConfigError, match="walked with spacing=optimized only"):
+        Sampler("euler", steps=3, spacing="karras", levels=[80.0, 2.0, 0.3])
+
+
 def test_searched_levels_beat_karras_on_gaussian_data():
     """The closed form of issue 18's sampler check as the objective: Euler's relative error against the exact ODE
     solution on Gaussian data (``core.exact.gaussian_gap``), at NFE 3 on the EDM range. Karras' levels leave a

@@ -180,7 +180,8 @@ class ConsistencyDistillation(ConsistencyTuning):
     def teacher(self, like: Tensor) -> Denoiser | Callable:
         """The teacher on ``like``'s device, built on first use (its checkpoint is read once per process)."""
         if self._teacher is None:
-            self._teacher = self._build_teacher()
+            with torch.random.fork_rng(devices=[]):  # building it must not move the CPU RNG: f(x_r)'s dropout mask
+                self._teacher = self._build_teacher()
         teacher = self._teacher
         if isinstance(teacher, nn.Module):
             teacher.to(like.device)

@@ -108,7 +108,7 @@ class Sampler:
         args = dict(fn=self.fn, steps=self.steps, spacing=self.spacing, rho=self.rho, options=self.options, name=self.name,
                     sigma_min=self.sigma_min, clip_denoised=self.clip_denoised, clip_percentile=self.clip_percentile,
                     levels=self.levels)
-        if changes.get("spacing", "optimized") != "optimized" or "steps" in changes:
+        if changes.get("spacing", "optimized") != "optimized" or changes.get("steps", self.steps) != self.steps:
             args["levels"] = None  # searched levels belong to one spacing and NFE
         return Sampler(**{**args, **changes})
 

@@ -34,6 +34,11 @@ from diffusion.training.checkpoints import load_checkpoint, module_from_checkpoi
 from diffusion.training.precision import sampling_in_bf16
 
 
+def share_or_zero(text: str) -> float:
+    """--max-share: a share in (0, 1], or 0 for no budget."""
+    return 0.0 if text.strip() in ("0", "0.0") else share(text)
+
+
 def training_seconds(ckpt: str | Path) -> float | None:
     """The training time of the run a checkpoint belongs to (``RUN/metrics.json``'s ``time/train_steps_s``)."""
     metrics = Path(ckpt).resolve().parent.parent / "metrics.json"
@@ -53,7 +58,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     quality = training_reference(validation.feature, datamodule.real_images("train"), args.seed)
     labels = fid_labels(module, datamodule, args.n)
     trained = training_seconds(args.ckpt)
-    budget = None if trained is None or args.max_share is None else args.max_share * trained
+    budget = None if trained is None or not args.max_share else args.max_share * trained
     rows = []
     for name in args.samplers:
         for nfe in args.nfe:
@@ -71,6 +76,9 @@ def run(args: argparse.Namespace) -> list[dict]:
             path = write_levels(args.ckpt, sampler, result, seconds, digest, n=args.n, seed=args.seed, reference="training images",
                                 features=quality.version, precision="bf16" if bf16 else "32",
                                 share_of_training_time=None if share is None else round(share, 4))
+            if result.evaluations < args.evaluations and budget is not None and seconds >= budget:
+                print(f"{name} NFE {sampler.nfe}: the time budget (--max-share {args.max_share}) ended the search after "
+                      f"{result.evaluations} of {args.evaluations} evaluations", flush=True)
             cost = f"{seconds:.0f} s" + ("" if share is None else f", {100 * share:.1f}% of the run's {trained:.0f} s of training")
             print(f"{name} NFE {sampler.nfe}: FID against training images {result.start_value:.3f} (Karras) -> {result.value:.3f}, "
                   f"levels {', '.join(f'{v:.4g}' for v in result.levels)}, 0 ({result.evaluations} evaluations of "
@@ -89,9 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--evaluations", type=integer_at_least(1), default=30, help="evaluations of the objective per search")
     parser.add_argument("--seed", type=integer_at_least(0), default=1,
                         help="seed of the search's noise and reference subset (sampler_fid measures with seed 0 by default)")
-    parser.add_argument("--max-share", type=share, default=0.05,
+    parser.add_argument("--max-share", type=share_or_zero, default=0.05,
                         help="time budget of each search as a share of the run's training time (its metrics.json; no "
-                             "budget where the checkpoint has none): no evaluation starts after it")
+                             "budget where the checkpoint has none, or with 0): no evaluation starts after it")
     parser.add_argument("--precision", default="auto", choices=["32", "bf16", "auto"],
                         help="the network under bf16 autocast where the CPU/GPU has fast bf16 (auto), or as given")
     return parser

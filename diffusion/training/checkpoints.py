@@ -287,8 +287,11 @@ class TeacherCheckpoint:
         self.path = str(path)
 
     def __call__(self):
-        denoiser = module_from_checkpoint(load_checkpoint(self.path)).denoiser
-        return denoiser.eval().requires_grad_(False)
+        module = module_from_checkpoint(load_checkpoint(self.path))
+        if type(module.method).__module__ == "diffusion.core.consistency_tuning":
+            raise ConfigError(f"init_from={self.path} is a consistency model, not a denoiser whose ODE can be followed: "
+                              "distil from the diffusion model it was tuned from")
+        return module.denoiser.eval().requires_grad_(False)
 
     def __repr__(self) -> str:
         return f"TeacherCheckpoint({self.path!r})"
