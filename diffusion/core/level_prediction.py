@@ -69,6 +69,7 @@ class LevelPredictorLoss(nn.Module):
     def check(self, denoiser: Denoiser) -> None:
         """Any denoiser, level-conditioned or not, can be trained beside a predictor."""
 
+    # The signature of every training method (docs/architecture.md), repeated by design as in denoising_loss.
     def forward(
         self,
         denoiser: Denoiser,
