@@ -135,10 +135,13 @@ class ConsistencyTuning:
 
     def __repr__(self) -> str:
         return (
-            f"ConsistencyTuning(P_mean={self.P_mean}, P_std={self.P_std}, q={self.q:g}, k={self.k:g}, b={self.b:g}, "
-            f"c={self.c:g}, stage_steps={self.stage_steps})"
+            f"{type(self).__name__}(P_mean={self.P_mean}, P_std={self.P_std}, q={self.q:g}, k={self.k:g}, b={self.b:g}, "
+            f"c={self.c:g}, stage_steps={self.stage_steps}{self._more_repr()})"
         )
 
+    def _more_repr(self) -> str:
+        """The settings a subclass adds to the repr."""
+        return ""
 
 
 class ConsistencyDistillation(ConsistencyTuning):
@@ -190,8 +193,8 @@ class ConsistencyDistillation(ConsistencyTuning):
     def point_at(self, x0: Tensor, eps: Tensor, x_t: Tensor, t: Tensor, r: Tensor, labels: Tensor | None) -> Tensor:
         return dpm_solver_path(self.teacher(x_t), x_t, t, r, self.teacher_steps, self.sigma_min, labels)
 
-    def __repr__(self) -> str:
-        return super().__repr__()[:-1].replace("ConsistencyTuning(", "ConsistencyDistillation(") + f", teacher_steps={self.teacher_steps})"
+    def _more_repr(self) -> str:
+        return f", teacher_steps={self.teacher_steps}"
 
 
 def dpm_solver_path(denoiser: Callable, x: Tensor, t: Tensor, r: Tensor, steps: int, sigma_min: float, labels: Tensor | None = None) -> Tensor:

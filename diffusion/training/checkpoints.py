@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from diffusion.core.consistency_tuning import ConsistencyTuning
 from diffusion.core.errors import ConfigError
 from diffusion.training.builders import CONF_DIR, build_module
 from diffusion.training.module import DiffusionModule
@@ -288,7 +289,7 @@ class TeacherCheckpoint:
 
     def __call__(self):
         module = module_from_checkpoint(load_checkpoint(self.path))
-        if type(module.method).__module__ == "diffusion.core.consistency_tuning":
+        if isinstance(module.method, ConsistencyTuning):  # ECT's and distillation's models alike
             raise ConfigError(f"init_from={self.path} is a consistency model, not a denoiser whose ODE can be followed: "
                               "distil from the diffusion model it was tuned from")
         return module.denoiser.eval().requires_grad_(False)
