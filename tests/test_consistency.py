@@ -21,9 +21,9 @@ from diffusion.core.consistency_tuning import (
     pseudo_huber,
 )
 from diffusion.core.denoiser import Denoiser
-from diffusion.core.objectives import EDMPreconditioning, EpsPrediction
+from diffusion.core.objectives import EDMPreconditioning, EpsPrediction, FlowMatching, X0Prediction
 from diffusion.core.samplers.consistency import sample_consistency
-from diffusion.core.schedules import EDMSchedule, LinearSchedule
+from diffusion.core.schedules import EDMSchedule, FlowSchedule, LinearSchedule
 from diffusion.training.builders import build_module, sampler_from_conf
 from diffusion.training.checkpoints import TeacherCheckpoint, initialize_from, load_checkpoint, module_from_checkpoint
 
@@ -31,24 +31,30 @@ SD = 0.5
 
 
 class OnePointNet(nn.Module):
-    """The raw network F that makes the EDM-preconditioned D(x, t) equal to y for every x and t: it undoes c_in and
-    c_noise = ln(t) / 4 and returns (y - c_skip x) / c_out. ``offset`` and ``drift`` * t are added to that D (wrong
-    consistency functions with a known loss); ``drift`` is a weight, 0 at the exact function."""
+    """The raw network F that makes the preconditioned D(x, t) equal to y for every x and t: it undoes c_in and
+    c_noise (``level`` is c_noise's inverse) and returns (y - c_skip x) / c_out. ``offset`` and ``drift`` * t are
+    added to that D (wrong consistency functions with a known loss); ``drift`` is a weight, 0 at the exact function."""
 
-    def __init__(self, y: torch.Tensor, offset: float = 0.0):
+    def __init__(self, y: torch.Tensor, offset: float = 0.0, objective=None, level=None):
         super().__init__()
         self.y, self.offset = y, offset
+        self.objective = objective or EDMPreconditioning(SD)
+        self.level = level or (lambda c_noise: (4 * c_noise).exp())  # EDM's c_noise = ln(t) / 4
         self.drift = nn.Parameter(torch.zeros((), dtype=torch.float64))
 
     def forward(self, x_in, c_noise, labels=None):
-        t = (4 * c_noise.double()).exp().view(-1, 1, 1, 1)
-        x = x_in.double() * (t**2 + SD**2).sqrt()
-        c_skip, c_out = SD**2 / (t**2 + SD**2), t * SD / (t**2 + SD**2).sqrt()
-        return (self.y + self.offset + self.drift * t - c_skip * x) / c_out
+        t = self.level(c_noise.double()).view(-1, 1, 1, 1)
+        x = x_in.double() / self.objective.c_in(t)
+        return (self.y + self.offset + self.drift * t - self.objective.c_skip(t) * x) / self.objective.c_out(t)
 
 
-def one_point(offset: float = 0.0):
+def one_point(offset: float = 0.0, preconditioning: str = "edm"):
+    """The one-point set's exact consistency function (plus ``offset``) under EDM's or rectified flow's
+    preconditioning (flow: c_noise = t_flow = sigma / (1 + sigma))."""
     y = torch.linspace(-1, 1, 3 * 4 * 4, dtype=torch.float64).reshape(1, 3, 4, 4)
+    if preconditioning == "flow":
+        objective, schedule = FlowMatching(), FlowSchedule()
+        return y, Denoiser(OnePointNet(y, offset, objective, lambda c: c / (1 - c)), objective, schedule)
     return y, Denoiser(OnePointNet(y, offset), EDMPreconditioning(SD), EDMSchedule())
 
 
@@ -75,8 +81,9 @@ def test_mapping_function_is_ects():
 # -------------------------------------------------------------------------------------------- the loss
 
 
-def test_loss_is_zero_for_the_exact_consistency_function():
-    y, f = one_point()
+@pytest.mark.parametrize("preconditioning", ["edm", "flow"])
+def test_loss_is_zero_for_the_exact_consistency_function(preconditioning):
+    y, f = one_point(preconditioning=preconditioning)
     x0 = y.expand(64, -1, -1, -1)
     method = ConsistencyTuning(stage_steps=1000)
     for step in (0, 1000, 5000):  # r = 0 for some samples at stage 0, r close to t later
@@ -87,11 +94,12 @@ def test_loss_is_zero_for_the_exact_consistency_function():
         assert distance.abs().max() < 1e-5 * y.norm()
 
 
-def test_loss_of_a_wrong_consistency_function_has_its_closed_form():
+@pytest.mark.parametrize("preconditioning", ["edm", "flow"])
+def test_loss_of_a_wrong_consistency_function_has_its_closed_form(preconditioning):
     """f = y + a for t > 0: f(x_t) - f(x_r) is 0 where r > 0 and a where r = 0 (the target is x0 = y there), so the
     per-sample loss is ||a|| / t exactly where r = 0, and 0 elsewhere."""
     a = 0.1
-    y, f = one_point(offset=a)
+    y, f = one_point(offset=a, preconditioning=preconditioning)
     x0 = y.expand(256, -1, -1, -1)
     method = ConsistencyTuning()
     loss = method(f, x0, step=0, generator=torch.Generator().manual_seed(0))
@@ -122,12 +130,16 @@ def test_target_is_a_stopped_gradient():
     torch.testing.assert_close(f.net.drift.grad, expected, rtol=1e-3, atol=0)
 
 
-def test_consistency_tuning_refuses_a_non_edm_model():
+def test_consistency_tuning_takes_a_preconditioning_with_the_boundary_condition():
+    """f(x, 0) = x for every network needs c_skip(0) = 1 and c_out(0) = 0 (EDM, flow, eps, v; not x0), and ECT's
+    own levels need a schedule of continuous sigma."""
     method = ConsistencyTuning()
-    message = raises_config_error(method.check, Denoiser(nn.Identity(), EpsPrediction(), EDMSchedule()))
-    assert "objective=edm" in message and "\n" not in message
+    for objective, schedule in ((EDMPreconditioning(), EDMSchedule()), (FlowMatching(), FlowSchedule()), (EpsPrediction(), EDMSchedule())):
+        method.check(Denoiser(nn.Identity(), objective, schedule))
+    message = raises_config_error(method.check, Denoiser(nn.Identity(), X0Prediction(), EDMSchedule()))
+    assert "objective=x0" in message and "objective=flow" in message and "\n" not in message
     message = raises_config_error(method.check, Denoiser(nn.Identity(), EDMPreconditioning(), LinearSchedule()))
-    assert "schedule=edm" in message
+    assert "LinearSchedule" in message and "schedule=edm" in message and "\n" not in message
 
 
 # ------------------------------------------------------------------------------ consistency distillation
@@ -203,6 +215,27 @@ def test_distillation_needs_its_teacher_and_keeps_it_out_of_the_model(tmp_path):
     tuned = save_teacher(tiny_module("experiment=ect"), tmp_path / "ect.ckpt")
     message = raises_config_error(TeacherCheckpoint(tuned))
     assert "consistency model" in message and "\n" not in message
+
+
+def test_a_flow_model_is_a_teacher_by_the_same_path(tmp_path):
+    """experiment=cd with objective=flow schedule=flow on the command line: the student keeps the flow
+    preconditioning (its c_skip(0) = 1, c_out(0) = 0) and starts from the flow teacher, which the method follows."""
+    torch.manual_seed(0)
+    teacher = save_teacher(tiny_module("objective=flow", "schedule=flow"), tmp_path / "flow.ckpt")
+    student = tiny_module("experiment=cd", "objective=flow", "schedule=flow", f"init_from={teacher}")
+    assert isinstance(student.method, ConsistencyDistillation)
+    assert isinstance(student.denoiser.objective, FlowMatching) and isinstance(student.denoiser.schedule, FlowSchedule)
+    initialize_from(student, teacher)
+    frozen = student.method.teacher(torch.zeros(1))
+    assert isinstance(frozen.objective, FlowMatching)
+    for name, value in frozen.state_dict().items():
+        assert torch.equal(student.denoiser.state_dict()[name], value), name
+    x0 = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    labels = torch.tensor([0, 1, 2, 5])  # 5: the null class
+    loss = student.method(student.denoiser, x0, labels, step=0, generator=torch.Generator().manual_seed(0))
+    loss.mean().backward()
+    assert torch.isfinite(loss).all() and (loss > 0).all()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in student.parameters())
 
 
 # ----------------------------------------------------------------------------------------- the sampler

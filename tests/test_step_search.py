@@ -19,6 +19,7 @@ from diffusion.core.sampling import Sampler
 from diffusion.core.schedules import EDMSchedule
 from diffusion.evaluation.searched_levels import levels_path, read_levels, with_searched_levels
 from diffusion.tools import sampler_fid, search_steps
+from diffusion.training.builders import sampler_from_conf
 
 
 def test_compass_search_reaches_the_minimum_of_a_known_objective():
@@ -158,31 +159,38 @@ def searched(tiny_run, tmp_path_factory):
     ckpt = folder / "last.ckpt"
     shutil.copy(tiny_run.ckpt, ckpt)
     rows = search_steps.run(search_steps.build_parser().parse_args(
-        [str(ckpt), "--nfe", "3", "--samplers", "dpmpp_2m_sde", "--n", "8", "--evaluations", "4"]))
+        [str(ckpt), "--nfe", "3", "--samplers", "dpmpp_2m_sde", "--n", "8", "--evaluations", "4", "--first-step", "network", "analytic"]))
     return ckpt, rows
 
 
 def test_search_steps_writes_the_levels_beside_the_checkpoint(searched):
     ckpt, rows = searched
-    path = levels_path(ckpt, "dpmpp_2m_sde", 3)
+    path = levels_path(ckpt, sampler_from_conf("dpmpp_2m_sde", 3))
     assert path.name == "last.dpmpp_2m_sde.nfe3.levels.json" and path.parent == ckpt.parent
     record = json.loads(path.read_text())
     assert record["levels"] == rows[0]["levels"] and len(record["levels"]) == 3 and record["evaluations"] <= 4
     assert record["objective"]["searched"] <= record["objective"]["karras"]
     assert record["reference"] == "training images" and record["n"] == 8 and record["search_seconds"] > 0
     assert read_levels(ckpt, Sampler("dpmpp_2m_sde", steps=3, spacing="optimized")) == record["levels"]
+    # with the analytic first step: four levels for the same 3 evaluations, in a file of their own
+    afs = Sampler("dpmpp_2m_sde", steps=4, spacing="optimized", analytic_first_step=True)
+    record = json.loads(levels_path(ckpt, afs).read_text())
+    assert record["analytic_first_step"] and record["nfe"] == 3 and len(record["levels"]) == 4
+    assert read_levels(ckpt, afs) == record["levels"] == rows[1]["levels"]
 
 
 def test_sampler_fid_compares_both_spacings_in_one_run(searched):
     ckpt, _ = searched
     rows = sampler_fid.run(sampler_fid.build_parser().parse_args([
         str(ckpt), "--n", "4", "--kid-subsets", "2", "--samplers", "dpmpp_2m_sde", "dpmpp_2m", "--nfe", "3",
-        "--spacing", "karras", "optimized",
+        "--spacing", "karras", "optimized", "--first-step", "network", "analytic",
     ]))
-    # dpmpp_2m has no levels at NFE 3: its optimized row is skipped, not an error
-    assert [(r["sampler"], r["spacing"]) for r in rows] == [
-        ("dpmpp_2m_sde", "karras"), ("dpmpp_2m_sde", "optimized"), ("dpmpp_2m", "karras")]
-    assert rows[0]["fid"] != rows[1]["fid"]
+    # dpmpp_2m has no levels at NFE 3: its optimized rows are skipped, not an error
+    assert [(r["sampler"], r["spacing"], r["first_step"]) for r in rows] == [
+        ("dpmpp_2m_sde", "karras", "network"), ("dpmpp_2m_sde", "optimized", "network"),
+        ("dpmpp_2m_sde +AFS", "karras", "analytic"), ("dpmpp_2m_sde +AFS", "optimized", "analytic"),
+        ("dpmpp_2m", "karras", "network"), ("dpmpp_2m +AFS", "karras", "analytic")]
+    assert rows[0]["fid"] != rows[1]["fid"] and all(r["nfe"] == 3 for r in rows) and rows[2]["steps"] == 4
 
 
 def test_sample_py_walks_the_searched_levels(searched, tmp_path):
@@ -200,7 +208,8 @@ def test_levels_of_another_version_of_the_checkpoint_are_refused(searched, tmp_p
     ckpt, _ = searched
     changed = tmp_path / "last.ckpt"
     shutil.copy(ckpt, changed)
-    shutil.copy(levels_path(ckpt, "dpmpp_2m_sde", 3), levels_path(changed, "dpmpp_2m_sde", 3))
+    three = sampler_from_conf("dpmpp_2m_sde", 3)
+    shutil.copy(levels_path(ckpt, three), levels_path(changed, three))
     with open(changed, "ab") as handle:
         handle.write(b"\0")  # last.ckpt overwritten by a later step
     with pytest.raises(ConfigError, match="searched for another version of last.ckpt"):
@@ -225,3 +234,12 @@ def test_the_fid_callback_searches_levels_for_the_weights_it_measures(tmp_path):
     assert all(entry["search_fid"] <= entry["search_fid_karras"] for entry in history)
     assert "spacing=optimized" in history[0]["sampler"]
 
+
+
+def test_max_share_is_a_share_or_zero_written_any_way(capsys):
+    parse = search_steps.build_parser().parse_args
+    assert [parse(["last.ckpt", "--max-share", text]).max_share for text in ("0", "0.0", "0e0", "0.05")] == [0, 0, 0, 0.05]
+    for bad in ("1.5", "-0.1", "five"):
+        with pytest.raises(SystemExit):
+            parse(["last.ckpt", "--max-share", bad])
+        assert "--max-share" in capsys.readouterr().err

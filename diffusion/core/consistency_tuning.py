@@ -1,14 +1,15 @@
 """Easy Consistency Tuning (Geng et al. 2024, "Consistency Models Made Easy", ECT): a diffusion model fine-tuned
 into a consistency model f(x_t, t) that maps any point of a probability-flow ODE trajectory to its start x0.
 
-The consistency function is the EDM-preconditioned denoiser itself (``core.denoiser.Denoiser`` with
-``objectives.EDMPreconditioning``), as in ECT:
+The consistency function is the pretrained model's preconditioned denoiser itself (``core.denoiser.Denoiser``), as in
+ECT, which takes EDM's (``objectives.EDMPreconditioning``):
 
     f(x, t) = c_skip(t) x + c_out(t) F(c_in(t) x, c_noise(t)),
     c_skip = sd^2 / (t^2 + sd^2),  c_out = t sd / sqrt(t^2 + sd^2),
 
 whose boundary condition f(x, 0) = x holds exactly (c_skip(0) = 1, c_out(0) = 0), so ECT needs no shift by a
-sigma_min as in Song et al. 2023 (eq. 7). Training pulls f(x_t, t) towards the stop-gradient f(x_r, r) on the same
+sigma_min as in Song et al. 2023 (eq. 7). Rectified flow's (``objectives.FlowMatching``: c_skip = 1 - t_flow, c_out =
+-t_flow, i.e. f = x_t - t_flow v) has it too, so a flow model is fine-tuned or distilled by the same code. Training pulls f(x_t, t) towards the stop-gradient f(x_r, r) on the same
 noise direction, x_t = x0 + t eps and x_r = x0 + r eps, with r < t from the mapping function of ``ect_r``; where
 r reaches 0 the target is x0 itself (the boundary condition), which is the diffusion model's own denoising loss.
 """
@@ -23,7 +24,6 @@ from torch import Tensor, nn
 from diffusion.core.denoiser import Denoiser
 from diffusion.core.denoising_loss import noise_like
 from diffusion.core.errors import ConfigError
-from diffusion.core.objectives import EDMPreconditioning
 from diffusion.core.schedules import EDMSchedule, log_normal
 
 
@@ -88,12 +88,22 @@ class ConsistencyTuning:
         self.stage_steps = stage_steps
 
     def check(self, denoiser: Denoiser) -> None:
-        """ECT's parametrisation is EDM's: f(x, 0) = x needs c_skip(0) = 1 and c_out(0) = 0, and c_noise = ln(t) / 4
-        must be what the pretrained network was taught."""
-        if not isinstance(denoiser.objective, EDMPreconditioning):
-            raise ConfigError(f"consistency tuning needs objective=edm (got {denoiser.objective.name}); fine-tune an EDM model")
+        """The consistency function is the run's preconditioned denoiser, so its boundary condition f(x, 0) = x holds
+        for every network exactly when c_skip(0) = 1 and c_out(0) = 0: EDM's and rectified flow's preconditionings
+        (and eps- and v-prediction's), not x0-prediction's. ECT draws its own levels t in (0, inf), so the schedule
+        must be one of continuous sigma (``EDMSchedule``: edm, flow), whose c_noise the pretrained network was taught."""
+        zero = torch.zeros(())
+        c_skip, c_out = float(denoiser.objective.c_skip(zero)), float(denoiser.objective.c_out(zero))
+        if c_skip != 1 or c_out != 0:
+            raise ConfigError(
+                f"consistency tuning needs f(x, 0) = x, i.e. c_skip(0) = 1 and c_out(0) = 0, but objective={denoiser.objective.name} "
+                f"has {c_skip:g} and {c_out:g}; fine-tune a model trained with objective=edm or objective=flow"
+            )
         if not isinstance(denoiser.schedule, EDMSchedule):
-            raise ConfigError(f"consistency tuning needs schedule=edm (got {type(denoiser.schedule).__name__}); fine-tune an EDM model")
+            raise ConfigError(
+                f"consistency tuning needs a schedule of continuous sigma (got {type(denoiser.schedule).__name__}); "
+                "fine-tune a model trained with schedule=edm or schedule=flow"
+            )
 
     def stage(self, step: int) -> int:
         return step // self.stage_steps

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from diffusion.core import samplers
-from diffusion.core.denoiser import CLIP_MODES, Denoiser, clip_denoised, conditioned
+from diffusion.core.denoiser import CLIP_MODES, Denoiser, analytic_first_step, clip_denoised, conditioned
 from diffusion.core.errors import ConfigError
 from diffusion.core.level_search import check_levels
 from diffusion.core.samplers.common import Callback, model_evaluations
@@ -57,6 +57,9 @@ class Sampler:
             (``denoiser.clip_denoised``; for eps- and v-prediction models).
         clip_percentile: the quantile of |x0| that dynamic thresholding scales by (Saharia et al. 2022: 0.995).
         levels: the noise levels of ``spacing="optimized"`` (descending, ``steps`` of them, the final 0 not given).
+        analytic_first_step: answer the first evaluation in closed form instead of by the network (AMED's analytical
+            first step, ``denoiser.analytic_first_step``): one evaluation fewer for the same levels, NFE = steps - 1
+            for a one-evaluation-a-level sampler. For 3-5 NFE, where the first evaluation is a large share.
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class Sampler:
         clip_denoised: str | None = None,
         clip_percentile: float = 0.995,
         levels: list[float] | None = None,
+        analytic_first_step: bool = False,
     ):
         self.function = resolve_function(fn)
         if clip_denoised is not None and clip_denoised not in CLIP_MODES:
@@ -85,6 +89,15 @@ class Sampler:
         self.fn, self.steps, self.spacing, self.rho = str(fn), steps, spacing, float(rho)
         self.options = dict(options or {})
         self.name = name or self.function.__name__.removeprefix("sample_")
+        if not isinstance(analytic_first_step, bool):
+            raise ConfigError(f"sampler.analytic_first_step={analytic_first_step!r} must be true or false")
+        if analytic_first_step and getattr(self.function, "takes_consistency_function", False):
+            raise ConfigError(f"sampler {self.name} evaluates a consistency model, whose first answer is no denoiser's: "
+                              "set sampler.analytic_first_step=false")
+        if analytic_first_step and steps < 2:
+            raise ConfigError(f"sampler.analytic_first_step=true needs steps >= 2 (got {steps}): its first level is "
+                              "answered without the network, so one level would sample nothing")
+        self.analytic_first_step = analytic_first_step
         least = getattr(self.function, "least_steps", 1)
         if steps < least:
             raise ConfigError(
@@ -107,21 +120,22 @@ class Sampler:
         """A copy with some constructor arguments changed (``steps``, ``spacing``, ...)."""
         args = dict(fn=self.fn, steps=self.steps, spacing=self.spacing, rho=self.rho, options=self.options, name=self.name,
                     sigma_min=self.sigma_min, clip_denoised=self.clip_denoised, clip_percentile=self.clip_percentile,
-                    levels=self.levels)
+                    levels=self.levels, analytic_first_step=self.analytic_first_step)
         if changes.get("spacing", "optimized") != "optimized" or changes.get("steps", self.steps) != self.steps:
             args["levels"] = None  # searched levels belong to one spacing and NFE
         return Sampler(**{**args, **changes})
 
     @property
     def nfe(self) -> int:
-        return model_evaluations(self.function, self.steps, self.options)
+        return model_evaluations(self.function, self.steps, self.options) - self.analytic_first_step
 
     def sigmas(self, schedule: Schedule) -> Tensor:
         if self.spacing == "optimized":
             if self.levels is None:
                 raise ConfigError(
                     f"sampler.spacing=optimized needs noise levels searched for this model: python -m "
-                    f"diffusion.tools.search_steps CKPT --samplers {self.name} --nfe {self.nfe} (or spacing=karras)"
+                    f"diffusion.tools.search_steps CKPT --samplers {self.name} --nfe {self.nfe}"
+                    f"{' --first-step analytic' if self.analytic_first_step else ''} (or spacing=karras)"
                 )
             return torch.tensor([*check_levels(self.levels, self.steps), 0.0])
         if self.spacing == "karras" and self.sigma_min is not None:
@@ -134,7 +148,8 @@ class Sampler:
 
     def __repr__(self) -> str:
         levels = "" if self.levels is None else ", levels=[" + ", ".join(f"{v:.4g}" for v in self.levels) + "]"
-        return f"Sampler({self.name}, steps={self.steps}, spacing={self.spacing}, nfe={self.nfe}{levels})"
+        first = ", analytic_first_step" if self.analytic_first_step else ""
+        return f"Sampler({self.name}, steps={self.steps}, spacing={self.spacing}, nfe={self.nfe}{first}{levels})"
 
 
 @torch.no_grad()
@@ -174,5 +189,7 @@ def generate(
     with precision:
         fn = conditioned(denoiser, labels, guidance, null_label)
         fn = clip_denoised(fn, sampler.clip_denoised, sampler.clip_percentile, data_range=schedule.input_scale)
+        if sampler.analytic_first_step:
+            fn = analytic_first_step(fn, data_std=0.5 * schedule.input_scale)
         x = sampler.function(fn, x, sigmas, generator=generator, callback=callback, **sampler.options)
     return (x / schedule.input_scale).clamp(-1, 1)

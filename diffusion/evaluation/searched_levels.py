@@ -92,20 +92,29 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def levels_path(ckpt: str | Path, sampler_name: str, nfe: int) -> Path:
-    """``RUN/checkpoints/last.ckpt`` -> ``RUN/checkpoints/last.dpmpp_2m_sde.nfe4.levels.json``."""
+def levels_path(ckpt: str | Path, sampler: Sampler) -> Path:
+    """``RUN/checkpoints/last.ckpt`` -> ``RUN/checkpoints/last.dpmpp_2m_sde.nfe4.levels.json`` (``...afs.nfe3...`` for
+    the sampler with its analytic first step: other levels for the same NFE)."""
     ckpt = Path(ckpt)
-    return ckpt.with_name(f"{ckpt.stem}.{sampler_name}.nfe{nfe}.levels.json")
+    afs = ".afs" if sampler.analytic_first_step else ""
+    return ckpt.with_name(f"{ckpt.stem}.{sampler.name}{afs}.nfe{sampler.nfe}.levels.json")
+
+
+def search_command(ckpt: str | Path, sampler: Sampler) -> str:
+    """The command that searches ``sampler``'s levels for ``ckpt``."""
+    first = " --first-step analytic" if sampler.analytic_first_step else ""
+    return f"python -m diffusion.tools.search_steps {ckpt} --samplers {sampler.name} --nfe {sampler.nfe}{first}"
 
 
 def write_levels(ckpt: str | Path, sampler: Sampler, result: SearchResult, seconds: float, digest: str | None = None,
                  **record) -> Path:
     """The levels file beside ``ckpt``; ``digest``: the checkpoint's SHA-256 taken before the search read it (so
     that a ``last.ckpt`` overwritten during the search is not stamped as the one searched)."""
-    path = levels_path(ckpt, sampler.name, sampler.nfe)
+    path = levels_path(ckpt, sampler)
     payload = {
         "version": LEVELS_VERSION, "checkpoint": Path(ckpt).name, "checkpoint_sha256": digest or file_digest(ckpt),
-        "sampler": sampler.name, "steps": sampler.steps, "nfe": sampler.nfe, "levels": result.levels,
+        "sampler": sampler.name, "steps": sampler.steps, "nfe": sampler.nfe, "analytic_first_step": sampler.analytic_first_step,
+        "levels": result.levels,
         "objective": {"karras": result.start_value, "searched": result.value}, "evaluations": result.evaluations,
         "search_seconds": round(seconds, 2), **record,
         "history": [{"levels": levels, "objective": value} for levels, value in result.history],
@@ -119,7 +128,7 @@ def write_levels(ckpt: str | Path, sampler: Sampler, result: SearchResult, secon
 def read_levels(ckpt: str | Path, sampler: Sampler) -> list[float] | None:
     """The levels searched for this checkpoint, sampler and NFE, or None where no file is there; a file written for
     another version of the checkpoint (``last.ckpt`` overwritten since) is refused in one line."""
-    path = levels_path(ckpt, sampler.name, sampler.nfe)
+    path = levels_path(ckpt, sampler)
     if not path.exists():
         return None
     try:
@@ -129,7 +138,7 @@ def read_levels(ckpt: str | Path, sampler: Sampler) -> list[float] | None:
         raise ConfigError(f"cannot read {path} ({err}); delete it and search again") from None
     if digest != file_digest(ckpt):
         raise ConfigError(f"{path} was searched for another version of {Path(ckpt).name} (the file changed since); "
-                          f"search again: python -m diffusion.tools.search_steps {ckpt} --samplers {sampler.name} --nfe {sampler.nfe}")
+                          f"search again: {search_command(ckpt, sampler)}")
     return levels
 
 
@@ -141,6 +150,5 @@ def with_searched_levels(sampler: Sampler, ckpt: str | Path) -> Sampler:
     levels = read_levels(ckpt, sampler)
     if levels is None:
         raise ConfigError(f"no levels searched for {Path(ckpt).name} with {sampler.name} at NFE {sampler.nfe} "
-                          f"({levels_path(ckpt, sampler.name, sampler.nfe).name}): run python -m diffusion.tools.search_steps "
-                          f"{ckpt} --samplers {sampler.name} --nfe {sampler.nfe}, or use spacing=karras")
+                          f"({levels_path(ckpt, sampler).name}): run {search_command(ckpt, sampler)}, or use spacing=karras")
     return sampler.replace(levels=levels)

@@ -110,6 +110,7 @@ SAMPLER = Node(
         "sigma_min": Float(low=0, low_open=True, null=True), "clip_denoised": Choice(CLIP_MODES, null=True),
         "clip_percentile": Float(low=0, high=1, low_open=True),
         "levels": ListOf(POSITIVE, null=True),  # spacing=optimized; the tools read them from the file by the checkpoint
+        "analytic_first_step": Bool(),
     },
     owner="fn",
     closed_for=("diffusion.core.samplers.",),

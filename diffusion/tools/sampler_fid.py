@@ -32,18 +32,21 @@ from diffusion.core.level_prediction import LEVELS
 from diffusion.core.samplers.common import model_evaluations, steps_for_nfe
 from diffusion.core.sampling import Sampler
 from diffusion.evaluation.metrics import ImageQuality, build_feature_net
-from diffusion.evaluation.searched_levels import levels_path, with_searched_levels
+from diffusion.evaluation.searched_levels import levels_path, search_command, with_searched_levels
 from diffusion.tools.cli import integer_at_least, reports_user_errors
 from diffusion.training.builders import sampler_from_conf, sampler_names
 from diffusion.training.checkpoints import load_checkpoint, module_from_checkpoint, stored_config
 from diffusion.training.precision import sampling_in_bf16
 
 
-def sampler_for(name: str, steps: int, options: dict | None = None, spacing: str = "auto", ckpt: str | None = None) -> Sampler:
+def sampler_for(name: str, steps: int, options: dict | None = None, spacing: str = "auto", ckpt: str | None = None,
+                analytic_first_step: bool = False) -> Sampler:
     """``sampler=NAME``'s configuration with ``steps`` and ``options``; ``spacing="auto"`` keeps the config's own
     (DDPM and DDIM walk the schedule's levels, the Karras family the rho = 7 levels); ``optimized`` reads the levels
-    searched for ``ckpt`` (``tools.search_steps``)."""
+    searched for ``ckpt`` (``tools.search_steps``); ``analytic_first_step``: ``Sampler``'s."""
     sampler = sampler_from_conf(name, steps, **(options or {}))
+    if analytic_first_step:
+        sampler = sampler.replace(analytic_first_step=True)
     if spacing != "auto":
         sampler = sampler.replace(spacing=spacing)
     return with_searched_levels(sampler, ckpt) if ckpt is not None else sampler
@@ -69,13 +72,15 @@ def options_for(name: str, options: dict[str, float]) -> dict[str, float]:
     return {key: value for key, value in options.items() if key in accepted}
 
 
-def steps_at_nfe(name: str, nfe: int, options: dict) -> int | None:
+def steps_at_nfe(name: str, nfe: int, options: dict, analytic_first_step: bool = False) -> int | None:
     """Noise levels giving at most ``nfe`` evaluations with the config's options and ``options`` (Restart's cost
-    depends on its restart_times and restart_steps), or None where even its least run costs more."""
+    depends on its restart_times and restart_steps), or None where even its least run costs more; with the
+    ``analytic_first_step`` one evaluation is free and two levels are the least."""
     sampler = sampler_from_conf(name, **options)
-    steps = steps_for_nfe(sampler.function, nfe, sampler.options)
-    least = getattr(sampler.function, "least_steps", 1)  # Restart needs a positive level to restart from
-    return steps if steps >= least and model_evaluations(sampler.function, steps, sampler.options) <= nfe else None
+    free = int(analytic_first_step)
+    steps = steps_for_nfe(sampler.function, nfe + free, sampler.options)
+    least = max(getattr(sampler.function, "least_steps", 1), 1 + free)  # Restart needs a positive level to restart from
+    return steps if steps >= least and model_evaluations(sampler.function, steps, sampler.options) - free <= nfe else None
 
 
 def lowest_nfe(name: str, options: dict) -> int:
@@ -85,10 +90,11 @@ def lowest_nfe(name: str, options: dict) -> int:
     return model_evaluations(sampler.function, getattr(sampler.function, "least_steps", 1), sampler.options)
 
 
-def row_label(name: str, options: dict) -> str:
+def row_label(name: str, options: dict, analytic_first_step: bool = False) -> str:
+    first = " +AFS" if analytic_first_step else ""
     if options.get("add_noise") is False:
-        return f"{name} (z=0)"
-    return name + "".join(f" {key}={value:g}" for key, value in options.items())
+        return f"{name} (z=0){first}"
+    return name + "".join(f" {key}={value:g}" for key, value in options.items()) + first
 
 
 def sample_images(
@@ -146,24 +152,28 @@ def run(args: argparse.Namespace) -> list[dict]:
     plan = []
     for nfe in args.nfe:
         for name in args.samplers:
-            steps = steps_at_nfe(name, nfe, options_for(name, options))
-            if steps is None:
-                print(f"{name}: skipped at NFE {nfe}, below its lowest sound NFE ({lowest_nfe(name, options_for(name, options))})",
-                      flush=True)
-            else:
+            for analytic in (first == "analytic" for first in args.first_step):
+                if analytic and getattr(sampler_from_conf(name).function, "takes_consistency_function", False):
+                    print(f"{name}: no analytic first step for a consistency model, skipped", flush=True)
+                    continue
+                steps = steps_at_nfe(name, nfe, options_for(name, options), analytic)
+                if steps is None:
+                    print(f"{row_label(name, {}, analytic)}: skipped at NFE {nfe}, below its lowest sound NFE "
+                          f"({lowest_nfe(name, options_for(name, options)) - analytic})", flush=True)
+                    continue
                 for spacing in args.spacing:
-                    sampler = sampler_from_conf(name, steps, **options_for(name, options))
-                    if spacing == "optimized" and not levels_path(args.ckpt, name, sampler.nfe).exists():
-                        print(f"{name}: no levels searched at NFE {sampler.nfe} (python -m diffusion.tools.search_steps "
-                              f"{args.ckpt} --samplers {name} --nfe {sampler.nfe}), skipped", flush=True)
+                    sampler = sampler_for(name, steps, options_for(name, options), analytic_first_step=analytic)
+                    if spacing == "optimized" and not levels_path(args.ckpt, sampler).exists():
+                        print(f"{row_label(name, {}, analytic)}: no levels searched at NFE {sampler.nfe} "
+                              f"({search_command(args.ckpt, sampler)}), skipped", flush=True)
                         continue
                     if spacing == "optimized":  # levels searched for another version of the file: stop before sampling
                         with_searched_levels(sampler.replace(spacing="optimized"), args.ckpt)
-                    plan += [(name, steps, options_for(name, options), spacing, level) for level in levels]
+                    plan += [(name, steps, options_for(name, options), spacing, level, analytic) for level in levels]
     if args.full_ddpm:
-        plan += [("ddpm", full_steps, {}, "schedule", level) for level in levels]
+        plan += [("ddpm", full_steps, {}, "schedule", level, False) for level in levels]
     if args.collapse:
-        plan += [("ddpm", full_steps, {"add_noise": False}, "schedule", level) for level in levels]
+        plan += [("ddpm", full_steps, {"add_noise": False}, "schedule", level, False) for level in levels]
     rows = []
     if args.floor:
         train = datamodule.real_images("train")
@@ -175,18 +185,19 @@ def run(args: argparse.Namespace) -> list[dict]:
                      "sampling_seconds": 0.0, "n": len(pick), "features": quality.version})
         # a small set has fewer training images than n samples: the count is what was measured
         print(f"floor: {len(pick)} training images: FID {result['fid']:.3f}, KID {result['kid_mean']:.5f} ({quality.version})")
-    width = max([len("sampler"), *(len(row_label(name, options)) for name, _, options, _, _ in plan)])
+    width = max([len("sampler"), *(len(row_label(name, options, analytic)) for name, _, options, _, _, analytic in plan)])
     print(f"{'sampler':{width}} {'spacing':>9} {'level':>9} {'steps':>5} {'NFE':>5} {'FID':>9} {'KID':>9} {'seconds':>8}   ({quality.version}, {args.n} samples)")
-    for name, steps, options, spacing, level in plan:
-        sampler = sampler_for(name, steps, options, spacing, ckpt=args.ckpt)
-        label = row_label(name, options)
+    for name, steps, options, spacing, level, analytic in plan:
+        sampler = sampler_for(name, steps, options, spacing, ckpt=args.ckpt, analytic_first_step=analytic)
+        label = row_label(name, options, analytic)
         start = time.perf_counter()
         images = sample_images(module, sampler, args.n, args.seed, args.batch_size, bf16, labels, level, args.level_spread)
         seconds = time.perf_counter() - start
         quality.update_fake(images)
         result = quality.compute()
         quality.reset_fake()
-        row = {"sampler": label, "steps": steps, "nfe": sampler.nfe, "spacing": sampler.spacing, "level": level, "fid": result["fid"], "kid": result["kid_mean"],
+        row = {"sampler": label, "steps": steps, "nfe": sampler.nfe, "spacing": sampler.spacing, "level": level,
+               "first_step": "analytic" if analytic else "network", "fid": result["fid"], "kid": result["kid_mean"],
                "sampling_seconds": round(seconds, 2), "n": args.n, "features": quality.version,
                "precision": "bf16" if bf16 else "32", "labels": args.labels}
         rows.append(row)
@@ -210,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--spacing", nargs="+", default=["auto"], choices=["auto", "karras", "schedule", "optimized"],
                         help="noise levels of the fast samplers, one row each: auto: DDPM/DDIM the schedule's, the others "
                              "Karras rho=7; optimized: the levels searched for this checkpoint (tools.search_steps)")
+    parser.add_argument("--first-step", nargs="+", default=["network"], choices=["network", "analytic"],
+                        help="the first evaluation by the network, or in closed form (AMED's analytical first step: one "
+                             "evaluation saved, a level more at the same NFE), one row each")
     parser.add_argument("--level", nargs="+", choices=LEVELS,
                         help="the level the denoiser sees, one row each: the sampler's (scheduled) or each image's predicted "
                              "one (a model of experiment=level_free); default: the model's own")

@@ -14,6 +14,7 @@ measurement). Where the checkpoint sits in a run folder, each search stops start
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -35,8 +36,13 @@ from diffusion.training.precision import sampling_in_bf16
 
 
 def share_or_zero(text: str) -> float:
-    """--max-share: a share in (0, 1], or 0 for no budget."""
-    return 0.0 if text.strip() in ("0", "0.0") else share(text)
+    """--max-share: a share in (0, 1], or 0 (written any way: 0, 0.0, 0e0) for no budget."""
+    try:
+        if float(text) == 0:
+            return 0.0
+    except ValueError:
+        pass  # share() says what is wrong
+    return share(text)
 
 
 def training_seconds(ckpt: str | Path) -> float | None:
@@ -60,31 +66,33 @@ def run(args: argparse.Namespace) -> list[dict]:
     trained = training_seconds(args.ckpt)
     budget = None if trained is None or not args.max_share else args.max_share * trained
     rows = []
-    for name in args.samplers:
-        for nfe in args.nfe:
-            steps = steps_at_nfe(name, nfe, {})
-            if steps is None:
-                print(f"{name}: skipped at NFE {nfe}, below its lowest sound NFE", flush=True)
-                continue
-            sampler = sampler_from_conf(name, steps)
-            if sampler.steps < 2:
-                print(f"{name}: nothing to search at NFE {nfe} (its one level is sigma_max)", flush=True)
-                continue
-            objective = SampleQuality(module, sampler, quality, n=args.n, seed=args.seed, labels=labels, bf16=bf16)
-            result, seconds = search_levels(objective, module.schedule, evaluations=args.evaluations, seconds=budget)
-            share = None if trained is None else seconds / trained
-            path = write_levels(args.ckpt, sampler, result, seconds, digest, n=args.n, seed=args.seed, reference="training images",
-                                features=quality.version, precision="bf16" if bf16 else "32",
-                                share_of_training_time=None if share is None else round(share, 4))
-            if result.evaluations < args.evaluations and budget is not None and seconds >= budget:
-                print(f"{name} NFE {sampler.nfe}: the time budget (--max-share {args.max_share}) ended the search after "
-                      f"{result.evaluations} of {args.evaluations} evaluations", flush=True)
-            cost = f"{seconds:.0f} s" + ("" if share is None else f", {100 * share:.1f}% of the run's {trained:.0f} s of training")
-            print(f"{name} NFE {sampler.nfe}: FID against training images {result.start_value:.3f} (Karras) -> {result.value:.3f}, "
-                  f"levels {', '.join(f'{v:.4g}' for v in result.levels)}, 0 ({result.evaluations} evaluations of "
-                  f"{args.n} samples, {cost}) -> {path}", flush=True)
-            rows.append({"sampler": name, "nfe": sampler.nfe, "levels": result.levels, "karras": result.start_value,
-                         "searched": result.value, "seconds": seconds, "share": share, "path": str(path)})
+    for name, analytic, nfe in itertools.product(args.samplers, (first == "analytic" for first in args.first_step), args.nfe):
+        if analytic and getattr(sampler_from_conf(name).function, "takes_consistency_function", False):
+            print(f"{name}: no analytic first step for a consistency model, skipped", flush=True)
+            continue
+        steps = steps_at_nfe(name, nfe, {}, analytic)
+        if steps is None:
+            print(f"{name}: skipped at NFE {nfe}, below its lowest sound NFE", flush=True)
+            continue
+        sampler = sampler_from_conf(name, steps).replace(analytic_first_step=analytic)
+        if sampler.steps < 2:
+            print(f"{name}: nothing to search at NFE {nfe} (its one level is sigma_max)", flush=True)
+            continue
+        objective = SampleQuality(module, sampler, quality, n=args.n, seed=args.seed, labels=labels, bf16=bf16)
+        result, seconds = search_levels(objective, module.schedule, evaluations=args.evaluations, seconds=budget)
+        share = None if trained is None else seconds / trained
+        path = write_levels(args.ckpt, sampler, result, seconds, digest, n=args.n, seed=args.seed, reference="training images",
+                            features=quality.version, precision="bf16" if bf16 else "32",
+                            share_of_training_time=None if share is None else round(share, 4))
+        if result.evaluations < args.evaluations and budget is not None and seconds >= budget:
+            print(f"{name} NFE {sampler.nfe}: the time budget (--max-share {args.max_share}) ended the search after "
+                  f"{result.evaluations} of {args.evaluations} evaluations", flush=True)
+        cost = f"{seconds:.0f} s" + ("" if share is None else f", {100 * share:.1f}% of the run's {trained:.0f} s of training")
+        print(f"{name}{' +AFS' if analytic else ''} NFE {sampler.nfe}: FID against training images {result.start_value:.3f} (Karras) -> {result.value:.3f}, "
+              f"levels {', '.join(f'{v:.4g}' for v in result.levels)}, 0 ({result.evaluations} evaluations of "
+              f"{args.n} samples, {cost}) -> {path}", flush=True)
+        rows.append({"sampler": name, "analytic_first_step": analytic, "nfe": sampler.nfe, "levels": result.levels, "karras": result.start_value,
+                     "searched": result.value, "seconds": seconds, "share": share, "path": str(path)})
     return rows
 
 
@@ -93,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("ckpt", help="a checkpoint or .safetensors export from train.py")
     parser.add_argument("--samplers", nargs="+", default=["dpmpp_2m_sde"], choices=sampler_names())
     parser.add_argument("--nfe", nargs="+", type=integer_at_least(1), default=[4], help="model evaluations per sample")
+    parser.add_argument("--first-step", nargs="+", default=["network"], choices=["network", "analytic"],
+                        help="search the levels of the sampler as it is, or with its first evaluation in closed form "
+                             "(sampler.analytic_first_step: a level more at the same NFE), one file each")
     parser.add_argument("--n", type=integer_at_least(2), default=256, help="samples per evaluation of the objective")
     parser.add_argument("--evaluations", type=integer_at_least(1), default=30, help="evaluations of the objective per search")
     parser.add_argument("--seed", type=integer_at_least(0), default=1,

@@ -268,7 +268,7 @@ def initialize_from(module: DiffusionModule, path: str | Path) -> None:
         if theirs != ours:
             raise ConfigError(
                 f"init_from={path} was trained with {key} {theirs}, this run uses {ours}; set {key}= to the checkpoint's "
-                "(experiment=ect fine-tunes a model trained with schedule=edm objective=edm)"
+                "(experiment=ect and cd set schedule=edm objective=edm; add objective=flow schedule=flow for a flow model)"
             )
     if info.get("image_size") != module.image_size:
         raise ConfigError(f"init_from={path} was trained on {info.get('image_size')}-pixel images, this run's data are {module.image_size}; use the same data")
