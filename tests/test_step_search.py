@@ -69,6 +69,52 @@ def test_a_time_budget_ends_the_search_between_evaluations():
     assert result.value == min(sum(levels) for levels in seen) < sum([10.0, 3.0, 1.0])
 
 
+def test_the_search_goes_on_from_the_best_start():
+    """Levels searched before are evaluated once after Karras' and the search continues from the better; a start
+    with another first level (sigma_max is fixed) is not evaluated."""
+    seen = []
+
+    def low(levels):
+        seen.append(list(levels))
+        return sum(levels)
+
+    result = compass_search(low, [10.0, 3.0, 1.0], evaluations=2, floor=0.5, others=[[9.0, 2.0, 0.6], [10.0, 2.0, 0.6]])
+    assert seen == [[10.0, 3.0, 1.0], [10.0, 2.0, 0.6]]
+    assert result.levels == [10.0, 2.0, 0.6] and result.start_value == 14.0 and result.evaluations == 2
+
+
+def test_levels_searched_under_the_other_first_step_are_a_start(searched):
+    from diffusion.evaluation.searched_levels import file_digest, searched_before
+
+    ckpt, rows = searched
+    digest = file_digest(ckpt)
+    plain_four = Sampler("dpmpp_2m_sde", steps=4)  # NFE 4: as many levels as the analytic first step's NFE 3
+    assert searched_before(ckpt, plain_four, digest) == [rows[1]["levels"]]
+    assert searched_before(ckpt, plain_four, "another checkpoint") == []
+    assert searched_before(ckpt, Sampler("dpmpp_2m_sde", steps=3, analytic_first_step=True), digest) == [rows[0]["levels"]]
+    assert searched_before(ckpt, Sampler("dpmpp_2m_sde", steps=5), digest) == []
+
+
+def test_the_time_budget_is_not_overrun_by_the_last_evaluation(monkeypatch):
+    """search_levels starts no evaluation that would end past its budget at the pace so far: with evaluations of 1 s
+    and a budget of 3.5 s it runs 3 of them (ending at 3 s), not a 4th that would end at 4 s."""
+    from diffusion.core.schedules import EDMSchedule
+    from diffusion.evaluation import searched_levels
+
+    clock = [0.0]
+    monkeypatch.setattr(searched_levels.time, "perf_counter", lambda: clock[0])
+
+    class OneSecond:
+        sampler = sampler_from_conf("dpmpp_2m_sde", 3)
+
+        def __call__(self, levels):
+            clock[0] += 1.0
+            return sum(levels)
+
+    result, seconds = searched_levels.search_levels(OneSecond(), EDMSchedule(), evaluations=30, seconds=3.5)
+    assert result.evaluations == 3 and seconds == 3.0
+
+
 def test_the_search_metric_makes_no_collective_call(tmp_path, monkeypatch):
     """In a multi-process run the FID callback searches on rank 0 while the other ranks wait in a broadcast: the
     search's FID must be this process's alone (a collective there would hang the run), unlike the measurement's."""

@@ -61,6 +61,7 @@ def compass_search(
     min_step: float = 0.05,
     floor: float | None = None,
     stop: Callable[[], bool] | None = None,
+    others: Sequence[Sequence[float]] = (),
 ) -> SearchResult:
     """Minimise ``objective(levels)`` over the levels after the first, one at a time, in log sigma.
 
@@ -72,6 +73,8 @@ def compass_search(
         min_step: stop when the step has been halved below this.
         floor: the lowest level allowed (default: none below the start's lowest / 10).
         stop: asked before each evaluation after the first; True ends the search there (a time budget).
+        others: more starting points (as many levels, the same first), each evaluated once after ``start``; the
+            search goes on from the best. ``start``'s value stays the result's ``start_value``.
     """
     levels = check_levels(start)
     if evaluations < 1:
@@ -80,6 +83,15 @@ def compass_search(
     low = (math.log(floor) if floor is not None else logs[-1] - math.log(10.0)) - 1e-9  # the floor itself allowed
     best = float(objective(levels))
     result = SearchResult(list(levels), best, best, 1, [(list(levels), best)])
+    for other in others:
+        other = check_levels(other, len(levels))
+        if other[0] != levels[0] or result.evaluations >= evaluations or (stop is not None and stop()):
+            continue
+        value = float(objective(other))
+        result.evaluations += 1
+        result.history.append((other, value))
+        if value < result.value:
+            logs, result.levels, result.value = [math.log(v) for v in other], other, value
     while step >= min_step and result.evaluations < evaluations:
         moved = False
         for i in range(1, len(logs)):
