@@ -21,7 +21,7 @@ from diffusion.core.consistency_tuning import (
     pseudo_huber,
 )
 from diffusion.core.denoiser import Denoiser
-from diffusion.core.objectives import EDMPreconditioning, EpsPrediction, FlowMatching, X0Prediction
+from diffusion.core.objectives import EDMPreconditioning, EpsPrediction, FlowMatching, VPrediction, X0Prediction
 from diffusion.core.samplers.consistency import sample_consistency
 from diffusion.core.schedules import EDMSchedule, FlowSchedule, LinearSchedule
 from diffusion.training.builders import build_module, sampler_from_conf
@@ -131,13 +131,15 @@ def test_target_is_a_stopped_gradient():
 
 
 def test_consistency_tuning_takes_a_preconditioning_with_the_boundary_condition():
-    """f(x, 0) = x for every network needs c_skip(0) = 1 and c_out(0) = 0 (EDM, flow, eps, v; not x0), and ECT's
-    own levels need a schedule of continuous sigma."""
+    """f(x, 0) = x for every network needs c_skip(0) = 1 and c_out(0) = 0 (not x0-prediction's), a well-conditioned
+    one-step sample |c_out| <= 1 (not eps-prediction's c_out = -sigma), and ECT's own levels a schedule of any sigma."""
     method = ConsistencyTuning()
-    for objective, schedule in ((EDMPreconditioning(), EDMSchedule()), (FlowMatching(), FlowSchedule()), (EpsPrediction(), EDMSchedule())):
+    for objective, schedule in ((EDMPreconditioning(), EDMSchedule()), (FlowMatching(), FlowSchedule()), (VPrediction(), EDMSchedule())):
         method.check(Denoiser(nn.Identity(), objective, schedule))
     message = raises_config_error(method.check, Denoiser(nn.Identity(), X0Prediction(), EDMSchedule()))
     assert "objective=x0" in message and "objective=flow" in message and "\n" not in message
+    message = raises_config_error(method.check, Denoiser(nn.Identity(), EpsPrediction(), EDMSchedule()))
+    assert "objective=eps" in message and "|c_out| <= 1" in message and "80" in message and "\n" not in message
     message = raises_config_error(method.check, Denoiser(nn.Identity(), EDMPreconditioning(), LinearSchedule()))
     assert "LinearSchedule" in message and "schedule=edm" in message and "\n" not in message
 

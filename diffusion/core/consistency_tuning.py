@@ -89,20 +89,29 @@ class ConsistencyTuning:
 
     def check(self, denoiser: Denoiser) -> None:
         """The consistency function is the run's preconditioned denoiser, so its boundary condition f(x, 0) = x holds
-        for every network exactly when c_skip(0) = 1 and c_out(0) = 0: EDM's and rectified flow's preconditionings
-        (and eps- and v-prediction's), not x0-prediction's. ECT draws its own levels t in (0, inf), so the schedule
-        must be one of continuous sigma (``EDMSchedule``: edm, flow), whose c_noise the pretrained network was taught."""
-        zero = torch.zeros(())
-        c_skip, c_out = float(denoiser.objective.c_skip(zero)), float(denoiser.objective.c_out(zero))
-        if c_skip != 1 or c_out != 0:
-            raise ConfigError(
-                f"consistency tuning needs f(x, 0) = x, i.e. c_skip(0) = 1 and c_out(0) = 0, but objective={denoiser.objective.name} "
-                f"has {c_skip:g} and {c_out:g}; fine-tune a model trained with objective=edm or objective=flow"
-            )
+        for every network exactly when c_skip(0) = 1 and c_out(0) = 0 (not x0-prediction's c_skip = 0), and a one-step
+        sample f(x, sigma_max) is well conditioned when |c_out| stays within 1 (not eps-prediction's c_out = -sigma):
+        EDM's, rectified flow's and v-prediction's preconditionings. ECT draws its own levels t in (0, inf), so the
+        schedule must take any sigma (``EDMSchedule``: edm, flow; the VP schedules stop at their sigma_max)."""
         if not isinstance(denoiser.schedule, EDMSchedule):
             raise ConfigError(
-                f"consistency tuning needs a schedule of continuous sigma (got {type(denoiser.schedule).__name__}); "
-                "fine-tune a model trained with schedule=edm or schedule=flow"
+                f"consistency tuning draws its own levels in (0, inf), which {type(denoiser.schedule).__name__} does not "
+                "take; fine-tune a model trained with schedule=edm or schedule=flow"
+            )
+        objective, zero = denoiser.objective, torch.zeros(())
+        c_skip, c_out = float(objective.c_skip(zero)), float(objective.c_out(zero))
+        if c_skip != 1 or c_out != 0:
+            raise ConfigError(
+                f"consistency tuning needs f(x, 0) = x, i.e. c_skip(0) = 1 and c_out(0) = 0, but objective={objective.name} "
+                f"has {c_skip:g} and {c_out:g}; fine-tune a model trained with objective=edm or objective=flow"
+            )
+        # A one-step sample is f(x, sigma_max): an unbounded c_out (eps-prediction's -sigma) multiplies the network's
+        # error by sigma_max there; EDM's, flow's and v's stay within 1.
+        reach = abs(float(objective.c_out(torch.tensor(denoiser.schedule.sigma_max))))
+        if reach > 1:
+            raise ConfigError(
+                f"consistency tuning needs |c_out| <= 1, but objective={objective.name} has {reach:.3g} at sigma_max "
+                "(a one-step sample would scale the network's error by it); fine-tune a model trained with objective=edm or objective=flow"
             )
 
     def stage(self, step: int) -> int:

@@ -111,16 +111,19 @@ def clip_denoised(denoiser: DenoiserFn, mode: str | None, percentile: float = 0.
     return clipped
 
 
-def analytic_first_step(denoiser: DenoiserFn, data_std: float = 0.5) -> DenoiserFn:
+def analytic_first_step(denoiser: DenoiserFn, data_std: float = 0.5, mean: Tensor | None = None) -> DenoiserFn:
     """The sampler's first evaluation answered in closed form, the network's from the second on: the "analytical
     first step" of AMED (Zhou et al. 2024, "Fast ODE-based Sampling for Diffusion Models in Around 5 Steps"), which
-    saves one network evaluation of a few-step sampler. The closed form is the denoiser of zero-mean Gaussian data,
+    saves one network evaluation of a few-step sampler. The closed form is the denoiser of Gaussian data
+    N(mean, data_std^2 I),
 
-        D(x, sigma) = x data_std^2 / (data_std^2 + sigma^2),
+        D(x, sigma) = mean + (x - mean) data_std^2 / (data_std^2 + sigma^2),
 
-    exact for N(0, data_std^2 I) data; at the first level, sigma_max >> data_std, the network's own answer is close to
-    the data's (class) mean anyway, which the next steps take from the network. ``data_std``: the images' scale (0.5,
-    EDM's sigma_data, for data in [-1, 1]). The returned function answers only its own first call so: one per run."""
+    which at the first level, sigma_max >> data_std, is about the data's mean: what the network answers there too,
+    up to the class. AMED's form assumes zero-mean data; sprites are not (the procedural set's mean is +0.4 in
+    [-1, 1], white backgrounds), and the first step moves x by (1 - sigma_1 / sigma_0) (D - mean), which no later
+    step undoes, so ``mean`` is the training images' (``DiffusionModule.data_mean``; None: zero). ``data_std``: the
+    images' scale (0.5 for data in [-1, 1]). The returned function answers only its own first call so: one per run."""
     answered = False
 
     def denoise(x: Tensor, sigma: Tensor) -> Tensor:
@@ -128,8 +131,8 @@ def analytic_first_step(denoiser: DenoiserFn, data_std: float = 0.5) -> Denoiser
         if answered:
             return denoiser(x, sigma)
         answered = True
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
-        return x.float() * (data_std**2 / (data_std**2 + sigma.reshape(-1, *[1] * (x.dim() - 1)) ** 2))
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, *[1] * (x.dim() - 1))
+        centre = torch.zeros((), device=x.device) if mean is None else mean.to(x.device, torch.float32)
+        return centre + (x.float() - centre) * (data_std**2 / (data_std**2 + sigma**2))
 
     return denoise
-

@@ -19,6 +19,7 @@ from diffusion.core.samplers.common import Callback, model_evaluations
 from diffusion.core.schedules import Schedule, get_sigmas_karras
 
 SPACINGS = ("karras", "schedule", "optimized")
+DATA_STD = 0.5  # the images' scale in [-1, 1] (EDM's sigma_data), the analytic first step's Gaussian
 
 
 def resolve_function(path: str) -> Callable:
@@ -121,8 +122,9 @@ class Sampler:
         args = dict(fn=self.fn, steps=self.steps, spacing=self.spacing, rho=self.rho, options=self.options, name=self.name,
                     sigma_min=self.sigma_min, clip_denoised=self.clip_denoised, clip_percentile=self.clip_percentile,
                     levels=self.levels, analytic_first_step=self.analytic_first_step)
-        if changes.get("spacing", "optimized") != "optimized" or changes.get("steps", self.steps) != self.steps:
-            args["levels"] = None  # searched levels belong to one spacing and NFE
+        if (changes.get("spacing", "optimized") != "optimized" or changes.get("steps", self.steps) != self.steps
+                or changes.get("analytic_first_step", self.analytic_first_step) != self.analytic_first_step):
+            args["levels"] = None  # searched levels belong to one spacing, NFE and first step
         return Sampler(**{**args, **changes})
 
     @property
@@ -166,9 +168,11 @@ def generate(
     device: torch.device | str = "cpu",
     callback: Callback = None,
     bf16: bool = False,
+    data_mean: Tensor | None = None,
 ) -> Tensor:
     """Draw n images in [-1, 1], shape (n, 3, H, W); ``bf16`` runs the network under bf16 autocast (the
-    sampler's updates of x stay in float32: autocast changes matrix products and convolutions only).
+    sampler's updates of x stay in float32: autocast changes matrix products and convolutions only);
+    ``data_mean``: the training images' mean in [-1, 1], (3, H, W), for the sampler's analytic first step.
 
     The starting noise has standard deviation sqrt(sigma_max^2 + 1): the exact variance-preserving
     prior N(0, I) mapped to sigma form, so DDPM over all T steps is the course's sampler exactly.
@@ -179,6 +183,10 @@ def generate(
         raise ConfigError(f"guidance={guidance} must be >= 0 (0 = plain conditional sampling)")
     schedule = denoiser.schedule
     sigmas = sampler.sigmas(schedule).to(device)
+    if sampler.analytic_first_step and not float(sigmas[0]) >= 10 * DATA_STD * schedule.input_scale:
+        raise ConfigError(f"sampler.analytic_first_step=true answers the first level in closed form, which holds where it is far "
+                          f"above the data's scale; the first level is {float(sigmas[0]):.3g} (< {10 * DATA_STD * schedule.input_scale:g}): "
+                          "set sampler.analytic_first_step=false")
     gen_device = generator.device if generator is not None else device
     noise = torch.randn(n, 3, image_size, image_size, generator=generator, device=gen_device).to(device)
     x = noise * math.sqrt(float(sigmas[0]) ** 2 + 1)
@@ -190,6 +198,7 @@ def generate(
         fn = conditioned(denoiser, labels, guidance, null_label)
         fn = clip_denoised(fn, sampler.clip_denoised, sampler.clip_percentile, data_range=schedule.input_scale)
         if sampler.analytic_first_step:
-            fn = analytic_first_step(fn, data_std=0.5 * schedule.input_scale)
+            mean = None if data_mean is None else data_mean * schedule.input_scale
+            fn = analytic_first_step(fn, data_std=DATA_STD * schedule.input_scale, mean=mean)
         x = sampler.function(fn, x, sigmas, generator=generator, callback=callback, **sampler.options)
     return (x / schedule.input_scale).clamp(-1, 1)

@@ -212,6 +212,10 @@ class SpriteDataModule(L.LightningDataModule):
         self.setup()
         return (self.val_set if split == "val" else self.train_set).tensors[0]
 
+    def mean_image(self, split: str = "train") -> Tensor:
+        """The split's per-pixel mean, float (3, H, W) in [-1, 1] (the analytic first step's closed form)."""
+        return self.real_images(split).double().mean(0).div(127.5).sub(1).float()
+
 
 class ProceduralSprites(SpriteDataModule):
     """The embedded generator (``diffusion.data.procedural``), cached as .npz after the first run."""

@@ -162,8 +162,12 @@ def read_levels(ckpt: str | Path, sampler: Sampler) -> list[float] | None:
     try:
         record = json.loads(path.read_text())
         levels, digest = record["levels"], record["checkpoint_sha256"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        first = bool(record.get("analytic_first_step", False))  # files from before it: the network's first step
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise ConfigError(f"cannot read {path} ({err}); delete it and search again") from None
+    if first != sampler.analytic_first_step or record.get("steps", sampler.steps) != sampler.steps:
+        raise ConfigError(f"{path} holds levels for another sampler setting (steps {record.get('steps')}, analytic first step "
+                          f"{first}); delete it and search again: {search_command(ckpt, sampler)}")
     if digest != file_digest(ckpt):
         raise ConfigError(f"{path} was searched for another version of {Path(ckpt).name} (the file changed since); "
                           f"search again: {search_command(ckpt, sampler)}")

@@ -136,6 +136,13 @@ def reference_quality(checkpoint: dict, kid_subsets: int = 100):
     return quality, datamodule
 
 
+def fill_data_mean(module, datamodule) -> None:
+    """A checkpoint from before the training images' mean travelled in it takes it from its own data module (the
+    analytic first step's closed form)."""
+    if module.data_mean is None and hasattr(datamodule, "mean_image"):
+        module.data_mean = datamodule.mean_image("train")
+
+
 @reports_user_errors
 def run(args: argparse.Namespace) -> list[dict]:
     options = parse_options(args.options)
@@ -146,6 +153,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     for level in levels:
         module.sampling_denoiser(level, args.level_spread)  # predicted without a predictor: one line, before any work
     quality, datamodule = reference_quality(checkpoint, args.kid_subsets)
+    fill_data_mean(module, datamodule)
     labels = fid_labels(module, datamodule, args.n, args.labels)
 
     full_steps = module.schedule.full_steps

@@ -31,7 +31,7 @@ from diffusion.evaluation.searched_levels import (
     write_levels,
 )
 from diffusion.tools.cli import integer_at_least, reports_user_errors, share
-from diffusion.tools.sampler_fid import fid_labels, reference_quality, steps_at_nfe
+from diffusion.tools.sampler_fid import fid_labels, fill_data_mean, reference_quality, steps_at_nfe
 from diffusion.training.builders import sampler_from_conf, sampler_names
 from diffusion.training.checkpoints import load_checkpoint, module_from_checkpoint
 from diffusion.training.precision import sampling_in_bf16
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     checkpoint = load_checkpoint(args.ckpt)
     module = module_from_checkpoint(checkpoint).eval()
     validation, datamodule = reference_quality(checkpoint, kid_subsets=1)
+    fill_data_mean(module, datamodule)
     quality = training_reference(validation.feature, datamodule.real_images("train"), args.seed)
     labels = fid_labels(module, datamodule, args.n)
     trained = training_seconds(args.ckpt)

@@ -109,8 +109,10 @@ def train(cfg: DictConfig) -> float:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    counts = datamodule.class_counts("train") if hasattr(datamodule, "class_counts") else None  # a user's data module may lack it
-    module = build_module(cfg, datamodule.num_classes, datamodule.image_size, datamodule.class_names, counts)
+    # a user's data module may lack them
+    counts = datamodule.class_counts("train") if hasattr(datamodule, "class_counts") else None
+    mean = datamodule.mean_image("train") if hasattr(datamodule, "mean_image") else None
+    module = build_module(cfg, datamodule.num_classes, datamodule.image_size, datamodule.class_names, counts, mean)
     if ckpt_path is not None:
         check_compatible(module, load_checkpoint(ckpt_path)["state_dict"], ckpt_path)
     elif cfg.get("init_from"):

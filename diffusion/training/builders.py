@@ -80,11 +80,12 @@ def build_network(cfg: DictConfig, num_classes: int, image_size: int) -> torch.n
 
 
 def build_module(
-    cfg: DictConfig, num_classes: int, image_size: int, class_names: list[str], class_counts: list[int] | None = None
+    cfg: DictConfig, num_classes: int, image_size: int, class_names: list[str], class_counts: list[int] | None = None,
+    data_mean: Any = None,
 ) -> DiffusionModule:
     """The DiffusionModule a run config describes (its ``module`` node, whose parts interpolate the ``network``,
     ``schedule``, ``objective``, ``optimizer`` and ``sampler`` groups); the data decides the class count and image
-    size, and its class counts travel in the checkpoint."""
+    size, and its class counts and mean image (a tensor or nested lists, (3, H, W) in [-1, 1]) travel in the checkpoint."""
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # plain data for the checkpoint
     check_optimizer(config["optimizer"])
     node = OmegaConf.create(config["module"])
@@ -92,4 +93,5 @@ def build_module(
     module = instantiate(node, net=net, num_classes=num_classes, image_size=image_size, class_names=list(class_names))
     module.config = config
     module.class_counts = list(class_counts) if class_counts is not None else None
+    module.data_mean = None if data_mean is None else torch.as_tensor(data_mean, dtype=torch.float32)
     return module

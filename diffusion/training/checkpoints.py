@@ -248,7 +248,8 @@ def module_from_checkpoint(checkpoint: dict[str, Any], trust: tuple[str, ...] | 
     plain = OmegaConf.to_container(cfg, resolve=True)
     for key in BUILT_FROM_CONFIG:
         check_checkpoint_targets(plain.get(key), key, tuple(trust or ()))
-    module = build_module(cfg, len(info["class_names"]), info["image_size"], info["class_names"], info.get("class_counts"))
+    module = build_module(cfg, len(info["class_names"]), info["image_size"], info["class_names"], info.get("class_counts"),
+                          info.get("data_mean"))
     module.load_state_dict(checkpoint["state_dict"])
     return module
 

@@ -112,6 +112,7 @@ class DiffusionModule(L.LightningModule):
         self.validated_at_step = -1
         self.class_names = list(class_names or [])
         self.class_counts: list[int] | None = None  # training images per class, set by builders.build_module
+        self.data_mean: Tensor | None = None  # the training images' per-pixel mean in [-1, 1], set there too
         self.config = config or {}
 
     @property
@@ -220,10 +221,12 @@ class DiffusionModule(L.LightningModule):
 
     def checkpoint_info(self) -> dict[str, Any]:
         """What ``checkpoints.module_from_checkpoint`` needs besides the weights, and the training data's class counts
-        (``sample.py label=data``; checkpoints from before them load without)."""
+        (``sample.py label=data``) and mean image (the analytic first step); checkpoints from before them load without."""
         info = {"config": self.config, "class_names": self.class_names, "image_size": self.image_size}
         if self.class_counts is not None:
             info["class_counts"] = list(self.class_counts)
+        if self.data_mean is not None:
+            info["data_mean"] = self.data_mean.tolist()
         return info
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -267,6 +270,7 @@ class DiffusionModule(L.LightningModule):
                 device=self.device,
                 callback=callback,
                 bf16=bf16,
+                data_mean=self.data_mean,
             )
         finally:
             self.train(was_training)
