@@ -66,6 +66,7 @@ def test_a_time_budget_ends_the_search_between_evaluations():
 
     result = compass_search(low, [10.0, 3.0, 1.0], evaluations=25, floor=0.5, stop=lambda: len(seen) >= 4)
     assert len(seen) == 4 == result.evaluations
+    assert result.stopped and not compass_search(low, [10.0, 3.0, 1.0], evaluations=2, floor=0.5).stopped
     assert result.value == min(sum(levels) for levels in seen) < sum([10.0, 3.0, 1.0])
 
 
@@ -112,7 +113,7 @@ def test_the_time_budget_is_not_overrun_by_the_last_evaluation(monkeypatch):
             return sum(levels)
 
     result, seconds = searched_levels.search_levels(OneSecond(), EDMSchedule(), evaluations=30, seconds=3.5)
-    assert result.evaluations == 3 and seconds == 3.0
+    assert result.evaluations == 3 and seconds == 3.0 and result.stopped
 
 
 def test_the_search_metric_makes_no_collective_call(tmp_path, monkeypatch):

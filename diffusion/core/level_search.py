@@ -34,6 +34,7 @@ class SearchResult:
     start_value: float
     evaluations: int
     history: list[tuple[list[float], float]] = field(default_factory=list)
+    stopped: bool = False  # ended by ``stop`` (a time budget), not by its evaluations or its step
 
 
 def check_levels(levels: Sequence[float], steps: int | None = None) -> list[float]:
@@ -85,8 +86,11 @@ def compass_search(
     result = SearchResult(list(levels), best, best, 1, [(list(levels), best)])
     for other in others:
         other = check_levels(other, len(levels))
-        if other[0] != levels[0] or result.evaluations >= evaluations or (stop is not None and stop()):
+        if other[0] != levels[0] or result.evaluations >= evaluations:
             continue
+        if stop is not None and stop():
+            result.stopped, evaluations = True, result.evaluations
+            break
         value = float(objective(other))
         result.evaluations += 1
         result.history.append((other, value))
@@ -96,8 +100,10 @@ def compass_search(
         moved = False
         for i in range(1, len(logs)):
             for direction in (1.0, -1.0):
-                if result.evaluations >= evaluations or (stop is not None and stop()):
-                    evaluations = result.evaluations  # ends the sweep and the search
+                if result.evaluations >= evaluations:
+                    break
+                if stop is not None and stop():
+                    result.stopped, evaluations = True, result.evaluations  # ends the sweep and the search
                     break
                 trial = list(logs)
                 trial[i] += direction * step

@@ -92,7 +92,7 @@ class Sampler:
         self.name = name or self.function.__name__.removeprefix("sample_")
         if not isinstance(analytic_first_step, bool):
             raise ConfigError(f"sampler.analytic_first_step={analytic_first_step!r} must be true or false")
-        if analytic_first_step and getattr(self.function, "takes_consistency_function", False):
+        if analytic_first_step and not self.takes_analytic_first_step:
             raise ConfigError(f"sampler {self.name} evaluates a consistency model, whose first answer is no denoiser's: "
                               "set sampler.analytic_first_step=false")
         if analytic_first_step and steps < 2:
@@ -126,6 +126,11 @@ class Sampler:
                 or changes.get("analytic_first_step", self.analytic_first_step) != self.analytic_first_step):
             args["levels"] = None  # searched levels belong to one spacing, NFE and first step
         return Sampler(**{**args, **changes})
+
+    @property
+    def takes_analytic_first_step(self) -> bool:
+        """A consistency sampler's first answer is a consistency function's, which the closed form is not."""
+        return not getattr(self.function, "takes_consistency_function", False)
 
     @property
     def nfe(self) -> int:

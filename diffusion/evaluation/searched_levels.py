@@ -122,7 +122,7 @@ def searched_before(ckpt: str | Path, sampler: Sampler, digest: str) -> list[lis
     """Levels already searched for these checkpoint bytes (``digest``) and sampler with as many levels under the other
     first step (the analytic first step's 3-NFE levels are 4, as many as the plain sampler's at 4 NFE): a start
     besides Karras' for ``search_levels``. A missing, unreadable or stale file gives none."""
-    if sampler.steps < 2 or getattr(sampler.function, "takes_consistency_function", False):
+    if sampler.steps < 2 or not sampler.takes_analytic_first_step:
         return []
     other = sampler.replace(analytic_first_step=not sampler.analytic_first_step)
     try:

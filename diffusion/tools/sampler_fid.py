@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     for nfe in args.nfe:
         for name in args.samplers:
             for analytic in (first == "analytic" for first in args.first_step):
-                if analytic and getattr(sampler_from_conf(name).function, "takes_consistency_function", False):
+                if analytic and not sampler_from_conf(name).takes_analytic_first_step:
                     print(f"{name}: no analytic first step for a consistency model, skipped", flush=True)
                     continue
                 steps = steps_at_nfe(name, nfe, options_for(name, options), analytic)

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     budget = None if trained is None or not args.max_share else args.max_share * trained
     rows = []
     for name, analytic, nfe in itertools.product(args.samplers, (first == "analytic" for first in args.first_step), args.nfe):
-        if analytic and getattr(sampler_from_conf(name).function, "takes_consistency_function", False):
+        if analytic and not sampler_from_conf(name).takes_analytic_first_step:
             print(f"{name}: no analytic first step for a consistency model, skipped", flush=True)
             continue
         steps = steps_at_nfe(name, nfe, {}, analytic)
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                             features=quality.version, precision="bf16" if bf16 else "32",
                             share_of_training_time=None if share is None else round(share, 4),
                             also_started_from=[{"levels": levels, "first_step": "network" if analytic else "analytic"} for levels in others])
-        if result.evaluations < args.evaluations and budget is not None and seconds >= budget:
+        if result.stopped:
             print(f"{name} NFE {sampler.nfe}: the time budget (--max-share {args.max_share}) ended the search after "
                   f"{result.evaluations} of {args.evaluations} evaluations", flush=True)
         cost = f"{seconds:.0f} s" + ("" if share is None else f", {100 * share:.1f}% of the run's {trained:.0f} s of training")
