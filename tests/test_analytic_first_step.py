@@ -113,3 +113,30 @@ def test_the_training_images_mean_travels_in_the_checkpoint(tmp_path):
     module = build_module(cfg, datamodule.num_classes, datamodule.image_size, datamodule.class_names, None, mean)
     torch.save({"state_dict": module.state_dict(), "diffusion": module.checkpoint_info()}, tmp_path / "m.ckpt")
     torch.testing.assert_close(module_from_checkpoint(load_checkpoint(tmp_path / "m.ckpt")).data_mean, mean)
+
+
+def test_sample_py_takes_an_older_checkpoints_mean_from_its_data(tiny_run, tmp_path):
+    """A checkpoint from before the mean travelled in it samples with the analytic first step as a new one does (the
+    mean read from its own data), and refuses in one line where that data is gone, instead of a zero mean."""
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    from diffusion.tools.sample import sample_to_folder
+
+    checkpoint = torch.load(tiny_run.ckpt, map_location="cpu", weights_only=False)
+    assert "data_mean" in checkpoint["diffusion"]
+    old = {**checkpoint, "diffusion": {k: v for k, v in checkpoint["diffusion"].items() if k != "data_mean"}}
+    torch.save(old, tmp_path / "old.ckpt")
+
+    def draw(ckpt, out):
+        sample_to_folder(compose_config("sample", [f"ckpt={ckpt}", "n=4", "sampler=dpmpp_2m_sde", "steps=3", "seed=1",
+                                                   "sampler.analytic_first_step=true", f"out={tmp_path / out}"]))
+        with np.load(tmp_path / out / "samples.npz") as f:
+            return f["images"]
+
+    assert np.array_equal(draw(tiny_run.ckpt, "new"), draw(tmp_path / "old.ckpt", "old"))
+    config = OmegaConf.create(old["diffusion"]["config"])
+    config.data.dir = str(tmp_path / "gone")
+    torch.save({**old, "diffusion": {**old["diffusion"], "config": OmegaConf.to_container(config)}}, tmp_path / "moved.ckpt")
+    message = raises_config_error(draw, tmp_path / "moved.ckpt", "moved")
+    assert "analytic_first_step=false" in message and "\n" not in message

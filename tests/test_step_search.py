@@ -84,16 +84,39 @@ def test_the_search_goes_on_from_the_best_start():
     assert result.levels == [10.0, 2.0, 0.6] and result.start_value == 14.0 and result.evaluations == 2
 
 
-def test_levels_searched_under_the_other_first_step_are_a_start(searched):
+def test_levels_searched_before_are_a_start(searched):
+    """A search starts also from levels searched for the same checkpoint bytes with as many levels: under the other
+    first step, and this setting's own file (so that a search run again cannot end worse than the levels it
+    replaces); a file of the zero-centred analytic first step of an earlier version is neither a start nor read."""
     from diffusion.evaluation.searched_levels import file_digest, searched_before
 
     ckpt, rows = searched
     digest = file_digest(ckpt)
+
+    def levels(sampler, digest=digest):
+        return [start["levels"] for start in searched_before(ckpt, sampler, digest)]
+
     plain_four = Sampler("dpmpp_2m_sde", steps=4)  # NFE 4: as many levels as the analytic first step's NFE 3
-    assert searched_before(ckpt, plain_four, digest) == [rows[1]["levels"]]
-    assert searched_before(ckpt, plain_four, "another checkpoint") == []
-    assert searched_before(ckpt, Sampler("dpmpp_2m_sde", steps=3, analytic_first_step=True), digest) == [rows[0]["levels"]]
-    assert searched_before(ckpt, Sampler("dpmpp_2m_sde", steps=5), digest) == []
+    afs_three = Sampler("dpmpp_2m_sde", steps=4, analytic_first_step=True)
+    assert levels(plain_four) == [rows[1]["levels"]]
+    assert levels(plain_four, "another checkpoint") == []
+    assert levels(Sampler("dpmpp_2m_sde", steps=3, analytic_first_step=True)) == [rows[0]["levels"]]
+    assert levels(Sampler("dpmpp_2m_sde", steps=3)) == [rows[0]["levels"]]  # its own file
+    assert levels(afs_three) == [rows[1]["levels"]]
+    assert levels(Sampler("dpmpp_2m_sde", steps=5)) == []
+
+    path = levels_path(ckpt, afs_three)
+    record = json.loads(path.read_text())
+    assert record["analytic_first_step_centre"] == "training mean"
+    saved = path.read_text()
+    try:
+        del record["analytic_first_step_centre"]
+        path.write_text(json.dumps(record))
+        assert levels(afs_three) == [] == levels(plain_four)
+        with pytest.raises(ConfigError, match="zero-centred analytic first step"):
+            read_levels(ckpt, afs_three.replace(spacing="optimized"))
+    finally:
+        path.write_text(saved)
 
 
 def test_the_time_budget_is_not_overrun_by_the_last_evaluation(monkeypatch):

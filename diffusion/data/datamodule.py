@@ -214,7 +214,8 @@ class SpriteDataModule(L.LightningDataModule):
 
     def mean_image(self, split: str = "train") -> Tensor:
         """The split's per-pixel mean, float (3, H, W) in [-1, 1] (the analytic first step's closed form)."""
-        return self.real_images(split).double().mean(0).div(127.5).sub(1).float()
+        pixels = self.real_images(split)
+        return (pixels.sum(0, dtype=torch.float64) / len(pixels)).div(127.5).sub(1).float()  # summed in place, no float64 copy
 
 
 class ProceduralSprites(SpriteDataModule):

@@ -23,6 +23,7 @@ from diffusion.core.sampling import Sampler
 from diffusion.evaluation.metrics import ImageQuality
 
 LEVELS_VERSION = 1
+AFS_CENTRE = "training mean"  # where the analytic first step's Gaussian is centred (core.denoiser.analytic_first_step)
 REFERENCE_IMAGES = 5000  # training images the objective compares against (all of a smaller set)
 
 
@@ -118,20 +119,35 @@ def search_command(ckpt: str | Path, sampler: Sampler) -> str:
     return f"python -m diffusion.tools.search_steps {ckpt} --samplers {sampler.name} --nfe {sampler.nfe}{first}"
 
 
-def searched_before(ckpt: str | Path, sampler: Sampler, digest: str) -> list[list[float]]:
-    """Levels already searched for these checkpoint bytes (``digest``) and sampler with as many levels under the other
-    first step (the analytic first step's 3-NFE levels are 4, as many as the plain sampler's at 4 NFE): a start
-    besides Karras' for ``search_levels``. A missing, unreadable or stale file gives none."""
-    if sampler.steps < 2 or not sampler.takes_analytic_first_step:
+def searched_before(ckpt: str | Path, sampler: Sampler, digest: str) -> list[dict]:
+    """Levels already searched for these checkpoint bytes (``digest``) with as many levels: this setting's own file
+    (so that a search run again, with a smaller budget or another seed, never ends worse than the levels it replaces
+    under its own objective) and the other first step's (the analytic first step's 3-NFE levels are 4, as many as the
+    plain sampler's at 4 NFE): starts besides Karras' for ``search_levels``, as ``{"file", "levels"}``. A missing,
+    unreadable, stale or mismatched file gives none."""
+    if sampler.steps < 2:
         return []
-    other = sampler.replace(analytic_first_step=not sampler.analytic_first_step)
-    try:
-        record = json.loads(levels_path(ckpt, other).read_text())
-        levels = [float(v) for v in record["levels"]]
-        fits = record["checkpoint_sha256"] == digest and len(levels) == sampler.steps
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-    return [levels] if fits else []
+    settings = [sampler]
+    if sampler.takes_analytic_first_step:
+        settings.append(sampler.replace(analytic_first_step=not sampler.analytic_first_step))
+    starts = []
+    for setting in settings:
+        path = levels_path(ckpt, setting)
+        try:
+            record = json.loads(path.read_text())
+            levels = [float(v) for v in record["levels"]]
+            fits = record["checkpoint_sha256"] == digest and len(levels) == sampler.steps and centre_fits(record, setting)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if fits:
+            starts.append({"file": path.name, "levels": levels})
+    return starts
+
+
+def centre_fits(record: dict, sampler: Sampler) -> bool:
+    """A file searched with the analytic first step holds levels for the closed form around the training images' mean
+    (``AFS_CENTRE``); one from before the mean (zero-centred, a worse first step) does not fit."""
+    return not sampler.analytic_first_step or record.get("analytic_first_step_centre") == AFS_CENTRE
 
 
 def write_levels(ckpt: str | Path, sampler: Sampler, result: SearchResult, seconds: float, digest: str | None = None,
@@ -142,6 +158,7 @@ def write_levels(ckpt: str | Path, sampler: Sampler, result: SearchResult, secon
     payload = {
         "version": LEVELS_VERSION, "checkpoint": Path(ckpt).name, "checkpoint_sha256": digest or file_digest(ckpt),
         "sampler": sampler.name, "steps": sampler.steps, "nfe": sampler.nfe, "analytic_first_step": sampler.analytic_first_step,
+        **({"analytic_first_step_centre": AFS_CENTRE} if sampler.analytic_first_step else {}),
         "levels": result.levels,
         "objective": {"karras": result.start_value, "searched": result.value}, "evaluations": result.evaluations,
         "search_seconds": round(seconds, 2), **record,
@@ -165,6 +182,9 @@ def read_levels(ckpt: str | Path, sampler: Sampler) -> list[float] | None:
         first = bool(record.get("analytic_first_step", False))  # files from before it: the network's first step
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise ConfigError(f"cannot read {path} ({err}); delete it and search again") from None
+    if first and not centre_fits(record, sampler):
+        raise ConfigError(f"{path} holds levels searched for the zero-centred analytic first step of an earlier version; "
+                          f"delete it and search again: {search_command(ckpt, sampler)}")
     if first != sampler.analytic_first_step or record.get("steps", sampler.steps) != sampler.steps:
         raise ConfigError(f"{path} holds levels for another sampler setting (steps {record.get('steps')}, analytic first step "
                           f"{first}); delete it and search again: {search_command(ckpt, sampler)}")

@@ -14,6 +14,7 @@ from diffusion.core.labels import class_cycle, sample_labels
 from diffusion.data import images
 from diffusion.evaluation.searched_levels import with_searched_levels
 from diffusion.tools.output_records import save_config
+from diffusion.tools.sampler_fid import checkpoint_datamodule, fill_data_mean
 from diffusion.training.builders import build_sampler
 from diffusion.training.checkpoints import load_checkpoint, module_from_checkpoint
 from diffusion.training.module import DiffusionModule
@@ -46,6 +47,19 @@ def parse_labels(label, n: int, module: DiffusionModule) -> torch.Tensor | None:
     return torch.full((n,), index, dtype=torch.long)
 
 
+def fill_mean_from_data(module: DiffusionModule, checkpoint: dict, ckpt: str) -> None:
+    """A checkpoint from before the training images' mean travelled in it: the analytic first step's closed form
+    takes the mean from the checkpoint's own data, or refuses in one line where that cannot be read (a zero mean
+    would move every sample towards grey and lose most of the step's gain)."""
+    try:
+        fill_data_mean(module, checkpoint_datamodule(checkpoint))
+    except (ConfigError, OSError, ValueError) as err:
+        raise ConfigError(f"{ckpt} predates the training images' mean in checkpoints and its data cannot be read ({err}); "
+                          "sample with sampler.analytic_first_step=false, or on a machine with its data") from None
+    if module.data_mean is None:
+        raise ConfigError(f"{ckpt}: its data module gives no mean image; sample with sampler.analytic_first_step=false")
+
+
 def sample_to_folder(cfg: DictConfig) -> Path:
     if cfg.n < 1:
         raise ConfigError(f"n={cfg.n} must be at least 1")
@@ -61,6 +75,8 @@ def sample_to_folder(cfg: DictConfig) -> Path:
     module = module_from_checkpoint(checkpoint, trust=list(cfg.get("trust") or [])).to(device)
     sampler = build_sampler(cfg.sampler, cfg.steps) if cfg.get("sampler") else build_sampler(module.config["sampler"], cfg.steps)
     sampler = with_searched_levels(sampler, cfg.ckpt)  # spacing=optimized: the levels searched for this checkpoint
+    if sampler.analytic_first_step and module.data_mean is None:
+        fill_mean_from_data(module, checkpoint, cfg.ckpt)
     sigmas = sampler.sigmas(module.schedule)  # also validates steps against the schedule before any work
     labels = parse_labels(cfg.label, cfg.n, module)
     level, spread = cfg.get("level"), cfg.get("level_spread", 1.0)

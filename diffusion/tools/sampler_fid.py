@@ -120,12 +120,18 @@ def fid_labels(module, datamodule, n: int, mix: str = "data") -> torch.Tensor | 
     return sample_labels(n, module.num_classes, counts, mix)
 
 
+def checkpoint_datamodule(checkpoint: dict):
+    """The data module the checkpoint was trained with (its stored config), its data prepared."""
+    datamodule = instantiate(stored_config(checkpoint["diffusion"]).data)
+    datamodule.prepare_data()
+    return datamodule
+
+
 def reference_quality(checkpoint: dict, kid_subsets: int = 100):
     """FID/KID as the checkpoint's training measured them: its data's validation split as the reference set, its
     feature network. Returns the metric, its reference already added, and the data module."""
     config = stored_config(checkpoint["diffusion"])  # today's names: fid_features was metrics at 44e540d
-    datamodule = instantiate(config.data)
-    datamodule.prepare_data()
+    datamodule = checkpoint_datamodule(checkpoint)
     fid_features = config.fid_features
     feature = build_feature_net(
         fid_features.features, datamodule, fid_features.feature_weights, fid_features.inception_weights, fid_features.cache_dir,

@@ -4,7 +4,7 @@
                                           [--n 256] [--evaluations 30] [--max-share 0.05] [--seed 1] [--precision auto]
 
 For each sampler and NFE: starting from the Karras levels (or from levels searched before for the same checkpoint with
-as many levels under the other ``--first-step``, where those are better), move one level at a time (``core.level_search``) to
+as many levels, this setting's or the other ``--first-step``'s, where those are better), move one level at a time (``core.level_search``) to
 lower the FID of n samples against the model's training images (``evaluation.searched_levels``), and write the levels
 beside the checkpoint (``last.dpmpp_2m_sde.nfe4.levels.json``). ``sample.py sampler.spacing=optimized`` and
 ``sampler_fid --spacing optimized`` then use them (the FID callback searches its own, for the weights of each
@@ -82,13 +82,14 @@ def run(args: argparse.Namespace) -> list[dict]:
             print(f"{name}: nothing to search at NFE {nfe} (its one level is sigma_max)", flush=True)
             continue
         objective = SampleQuality(module, sampler, quality, n=args.n, seed=args.seed, labels=labels, bf16=bf16)
-        others = searched_before(args.ckpt, sampler, digest)
-        result, seconds = search_levels(objective, module.schedule, evaluations=args.evaluations, seconds=budget, others=others)
+        before = searched_before(args.ckpt, sampler, digest)
+        result, seconds = search_levels(objective, module.schedule, evaluations=args.evaluations, seconds=budget,
+                                        others=[start["levels"] for start in before])
         share = None if trained is None else seconds / trained
         path = write_levels(args.ckpt, sampler, result, seconds, digest, n=args.n, seed=args.seed, reference="training images",
                             features=quality.version, precision="bf16" if bf16 else "32",
                             share_of_training_time=None if share is None else round(share, 4),
-                            also_started_from=[{"levels": levels, "first_step": "network" if analytic else "analytic"} for levels in others])
+                            also_started_from=before)
         if result.stopped:
             print(f"{name} NFE {sampler.nfe}: the time budget (--max-share {args.max_share}) ended the search after "
                   f"{result.evaluations} of {args.evaluations} evaluations", flush=True)
