@@ -117,3 +117,40 @@ def test_a_ddp_run_killed_after_a_mid_epoch_checkpoint_resumes_to_the_same_bits(
         assert all(torch.equal(whole[key][name], resumed[key][name]) for name in whole[key]), key
     moments = [(whole["optimizer_states"][0]["state"][i], resumed["optimizer_states"][0]["state"][i]) for i in whole["optimizer_states"][0]["state"]]
     assert all(torch.equal(a[k], b[k]) for a, b in moments for k in a)
+
+
+def test_the_distil_check_reads_the_curve_and_judges_it_against_the_targets(tmp_path):
+    """FID at 1 and 2 steps by step from the distillation's own records; the verdict is on the last step, against
+    issue 19's ratios to the teacher's DDPM-500 (1 step within 60%, 2 steps within 30%)."""
+    import json
+
+    from diffusion.tools.gpu_check import distil
+
+    def write(name, figures):
+        rows = [{"step": step, "fid": fid} for step, fid in figures.items()]
+        (tmp_path / name).write_text(json.dumps({"history": rows}))
+
+    write("fid.json", {108: 20.0, 216: 3.1, 324: 1.5})
+    write("fid_2step.json", {108: 9.0, 216: 1.2, 324: 1.25})
+    curve = distil.Curve.read(tmp_path)
+    assert curve.steps == [108, 216, 324] and curve.one == [20.0, 3.1, 1.5] and curve.two == [9.0, 1.2, 1.25]
+    passed, line = curve.verdict(1.0)
+    assert passed and "1.50x" in line and "1.25x" in line
+    assert not curve.verdict(0.95)[0]  # 2 steps 1.32x the teacher: over 1.3x
+    write("fid.json", {108: 20.0, 216: 3.1, 324: 1.7})
+    assert not distil.Curve.read(tmp_path).verdict(1.0)[0]  # 2 steps 1.25x passes, 1 step 1.7x does not
+    (tmp_path / "fid_2step.json").unlink()
+    with pytest.raises(runs.Failed, match="fid_2step.json cannot be read"):
+        distil.Curve.read(tmp_path)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--checks", "distil", "--distil-steps", "7"], "--distil-steps=7 must be at least 8"),
+    (["--checks", "distil", "--teacher-steps", "0"], "--teacher-steps=0 must be at least 1"),
+    (["--checks", "distil", "--teacher", "/nonexistent.ckpt"], "is not a file"),
+])
+def test_the_distil_checks_settings_are_refused_in_one_line(args, message, capsys):
+    with pytest.raises(SystemExit):
+        main(args)
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

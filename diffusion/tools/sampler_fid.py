@@ -36,7 +36,7 @@ from diffusion.evaluation.searched_levels import levels_path, search_command, wi
 from diffusion.tools.cli import integer_at_least, reports_user_errors
 from diffusion.training.builders import sampler_from_conf, sampler_names
 from diffusion.training.checkpoints import load_checkpoint, module_from_checkpoint, stored_config
-from diffusion.training.precision import sampling_in_bf16
+from diffusion.training.precision import pick_device, sampling_in_bf16
 
 
 def sampler_for(name: str, steps: int, options: dict | None = None, spacing: str = "auto", ckpt: str | None = None,
@@ -152,13 +152,15 @@ def fill_data_mean(module, datamodule) -> None:
 @reports_user_errors
 def run(args: argparse.Namespace) -> list[dict]:
     options = parse_options(args.options)
-    bf16 = sampling_in_bf16(args.precision, torch.device("cpu"))
+    device = pick_device(args.device)
+    bf16 = sampling_in_bf16(args.precision, device)
     checkpoint = load_checkpoint(args.ckpt)
-    module = module_from_checkpoint(checkpoint).eval()
+    module = module_from_checkpoint(checkpoint).eval().to(device)
     levels = args.level or [module.default_level()]
     for level in levels:
         module.sampling_denoiser(level, args.level_spread)  # predicted without a predictor: one line, before any work
     quality, datamodule = reference_quality(checkpoint, args.kid_subsets)
+    quality.to(device)
     fill_data_mean(module, datamodule)
     labels = fid_labels(module, datamodule, args.n, args.labels)
 
@@ -247,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the network in float32 (the tables in BENCHMARKS.md) or under bf16 autocast")
     parser.add_argument("--n", type=integer_at_least(2), default=1000, help="samples per figure")
     parser.add_argument("--seed", type=integer_at_least(0), default=0)
+    parser.add_argument("--device", default="auto",
+                        help="where the model samples and the features are computed: auto (the GPU where there is one, "
+                             "else the CPU: the tables in BENCHMARKS.md), cpu, cuda or cuda:N")
     parser.add_argument("--labels", default="data", choices=LABEL_MIXES,
                         help="the samples' class labels: the validation split's class mix (as in training's FID) or uniform")
     parser.add_argument("--batch-size", type=integer_at_least(1), default=500)

@@ -15,6 +15,10 @@ the CPU has fast bf16), a short run (``trainer.max_steps``, a few thousand proce
 * ``fid``: the FID callback on N processes gives the figure one process gets on the same images (``fid.py`` says
   why the callback's one-process default draws other images); the one-process default is printed beside it;
 
+* ``distil`` (asked for by name, ``--checks distil``: long): a rectified-flow teacher at the main job's budget (or
+  ``--teacher``), ``experiment=cd`` from it for ``--distil-steps`` with its FID curve at 1 and 2 steps, and the
+  teacher's DDPM-500: passes when the few-step figures meet issue 19's targets (``distil.py``);
+
 and prints training images/s (over the last three quarters of the steps) with the share of the GPU's dense bf16
 peak it reaches (FLOPs per image of one forward and backward, counted by FlopCounterMode). One PASS/FAIL line a
 check; the exit status is 0 only when every check passed. KEY=VALUE arguments go to every train.py run last
@@ -35,10 +39,12 @@ import torch
 
 from diffusion.core.errors import ConfigError, OneLineArgumentParser
 from diffusion.tools.cli import reports_user_errors
-from diffusion.tools.gpu_check import compare, runs, speed
+from diffusion.tools.gpu_check import compare, distil, runs, speed
 
-CHECKS = ("repeat", "ema", "resume", "fid")
+CHECKS = ("repeat", "ema", "resume", "fid", "distil")
+DEFAULT_CHECKS = CHECKS[:4]  # distil trains a teacher and distils it: asked for by name
 PROCEDURAL_VAL_FRACTION = 0.05  # conf/data/procedural.yaml
+DISTIL_STEPS = 864  # 8 stages of 108: a CD step costs about two training steps, so about the main job's 1,780
 FID_TOLERANCE = 1e-3  # relative: float64 feature sums added in another order, reference features in other batches
 
 
@@ -54,14 +60,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineArgumentParser(
         prog="python -m diffusion.tools.gpu_check", description=__doc__.split("\n\n")[0],
         epilog="Checks: repeat (two runs, same bits), ema (ranks agree), resume (SIGKILL + ckpt_path=auto, same bits), "
-        "fid (N processes = one process on the same images). Exit status 0 only if every check passed. "
+        "fid (N processes = one process on the same images), distil (only by name: a flow teacher, consistency "
+        "distillation from it, FID at 1 and 2 steps against the teacher's DDPM-500). Exit status 0 only if every check passed. "
         "CUDA_VISIBLE_DEVICES= (empty) runs the CPU variant on a GPU machine.",
     )
     parser.add_argument("--steps", type=int, default=40, help="trainer.max_steps of every run (default 40)")
     parser.add_argument("--processes", type=int, help="DDP processes (default: every visible GPU; 2 on a CPU-only machine)")
     parser.add_argument("--out", type=Path, help="folder for the runs (default: a new temporary folder)")
     parser.add_argument("--compile", action="store_true", help="training.compile=true (TorchInductor; slow to warm up)")
-    parser.add_argument("--checks", type=check_list, default=list(CHECKS), help=f"comma-separated, of {','.join(CHECKS)} (default: all)")
+    parser.add_argument("--checks", type=check_list, default=list(DEFAULT_CHECKS),
+                        help=f"comma-separated, of {','.join(CHECKS)} (default: {','.join(DEFAULT_CHECKS)})")
     parser.add_argument("--batch-size", type=int, default=128, help="data.batch_size, images per process and step")
     parser.add_argument("--data-n", type=int, default=4000, help="procedural sprites generated (data.n; default 4000)")
     parser.add_argument("--checkpoint-every", type=int,
@@ -69,6 +77,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", default="auto", help="trainer.precision (default: bf16-mixed where fast, else 32-true)")
     parser.add_argument("--fid-samples", type=int, default=1000, help="generated images of the FID check")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds one train.py run may take")
+    parser.add_argument("--teacher", type=Path, help="distil: the teacher's checkpoint (default: train one, objective=flow)")
+    parser.add_argument("--teacher-steps", type=int, help="distil: the teacher's trainer.max_steps (default: the main job's)")
+    parser.add_argument("--distil-steps", type=int, default=DISTIL_STEPS,
+                        help=f"distil: consistency distillation steps (default {DISTIL_STEPS}: about the teacher's cost)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides for every train.py run")
     return parser.parse_args(argv)
 
@@ -109,6 +121,14 @@ def make_plan(args: argparse.Namespace, processes: int, accelerator: str, precis
         every = runs.mid_epoch_step(args.steps, train_images // processes // args.batch_size)
     if not 0 < every < args.steps:
         raise ConfigError(f"--checkpoint-every={every} must lie inside the run (1..{args.steps - 1}) for the resume check")
+    if "distil" in args.checks:
+        if args.distil_steps < distil.STAGES:
+            raise ConfigError(f"--distil-steps={args.distil_steps} must be at least {distil.STAGES} (one per stage)")
+        if args.teacher_steps is not None and args.teacher_steps < 1:
+            raise ConfigError(f"--teacher-steps={args.teacher_steps} must be at least 1")
+        if args.teacher is not None and not args.teacher.is_file():
+            raise ConfigError(f"--teacher {args.teacher} is not a file; give a checkpoint of train.py objective=flow, or "
+                              "leave it out to train one")
     return runs.Plan(processes, accelerator, precision, args.steps, args.batch_size, every, args.compile, extra)
 
 
@@ -194,6 +214,17 @@ def check_fid(args: argparse.Namespace, plan: runs.Plan, whole_dir: Path, out: P
 
 
 def run_checks(args: argparse.Namespace, plan: runs.Plan, out: Path, report: Report) -> None:
+    if any(name in DEFAULT_CHECKS for name in args.checks):
+        run_training_checks(args, plan, out, report)
+    if "distil" in args.checks:
+        try:
+            distil.check_distil(args, plan, out, report)
+        except runs.Failed as err:
+            report.check("distil", False, str(err))
+
+
+def run_training_checks(args: argparse.Namespace, plan: runs.Plan, out: Path, report: Report) -> None:
+    """repeat, ema, resume, fid: one short run and its twins."""
     started = time.perf_counter()
     whole_dir = out / "whole"
     try:
@@ -201,7 +232,7 @@ def run_checks(args: argparse.Namespace, plan: runs.Plan, out: Path, report: Rep
         whole = runs.final_checkpoint(whole_dir, plan.steps)
         records = runs.rank_records(probe, plan.processes)
     except runs.Failed as err:
-        for i, name in enumerate(args.checks):
+        for i, name in enumerate(c for c in args.checks if c in DEFAULT_CHECKS):
             report.check(name, False, f"the uninterrupted run failed: {err}" if i == 0 else "not run: the uninterrupted run failed")
         return
     report.info(f"the uninterrupted run: {plan.steps} steps in {whole_dir} ({time.perf_counter() - started:.0f} s with start-up)")
@@ -241,9 +272,12 @@ def main(argv: list[str] | None = None) -> None:
     if any(out.iterdir()):
         raise ConfigError(f"--out {out} is not empty; give a new folder")
     print(first_line, flush=True)
-    print(f"     {plan.steps} steps at batch {plan.batch_size} a process, checkpoint every {plan.checkpoint_every} steps"
-          f"{', training.compile=true' if plan.compile else ''}; runs in {out}", flush=True)
-    if plan.processes == 1:
+    if any(name in DEFAULT_CHECKS for name in args.checks):
+        print(f"     {plan.steps} steps at batch {plan.batch_size} a process, checkpoint every {plan.checkpoint_every} steps"
+              f"{', training.compile=true' if plan.compile else ''}; runs in {out}", flush=True)
+    else:
+        print(f"     runs in {out}", flush=True)
+    if plan.processes == 1 and {"ema", "fid"} & set(args.checks):
         print("     one process: the ema and fid checks have no second rank to compare with", flush=True)
     report = Report()
     run_checks(args, plan, out, report)

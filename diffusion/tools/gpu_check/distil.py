@@ -1,0 +1,115 @@
+"""The ``distil`` check: does consistency distillation reach its teacher at the budget the CPU curve cannot afford?
+
+Issue 19's targets for a few-step model distilled from a teacher: 2 steps within 30% of the teacher's DDPM-500 FID
+and 1 step within 60%, at a fine-tuning cost of at most the teacher's own training. The CPU runs of BENCHMARKS.md
+("A flow teacher for consistency distillation") stop at a third of that cost; this check runs the whole recipe where
+an accelerator is lent, with the real ``train.py`` and ``tools.sampler_fid``:
+
+1. the teacher, ``objective=flow schedule=flow`` at the main job's budget (or ``--teacher CKPT``);
+2. ``experiment=cd`` from it, FID at 1 and 2 consistency steps every eighth of the run (its learning curve);
+3. the teacher's DDPM over all 500 levels with the same protocol (1,000 samples against the validation split),
+
+and passes when the curve's last figures meet both targets. Every run keeps its folder under ``--out``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from diffusion.tools.gpu_check import runs
+
+ONE_STEP_TARGET, TWO_STEP_TARGET = 1.6, 1.3  # issue 19: FID against the teacher's DDPM-500
+STAGES = 8  # ECT's and CD's stages of r, as in the CPU runs (conf/experiment/ect.yaml)
+
+
+@dataclass
+class Curve:
+    """FID at 1 and 2 consistency steps by fine-tuning step, from the run's ``fid.json`` and ``fid_2step.json``."""
+
+    steps: list[int]
+    one: list[float]
+    two: list[float]
+
+    @classmethod
+    def read(cls, run_dir: Path) -> Curve:
+        histories = []
+        for name in ("fid.json", "fid_2step.json"):
+            try:
+                histories.append({row["step"]: row["fid"] for row in json.loads((run_dir / name).read_text())["history"]})
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise runs.Failed(f"the distillation's {run_dir / name} cannot be read ({err})") from None
+        steps = sorted(set(histories[0]) & set(histories[1]))
+        if not steps:
+            raise runs.Failed(f"the distillation in {run_dir} measured no FID at 1 and 2 steps")
+        return cls(steps, [histories[0][s] for s in steps], [histories[1][s] for s in steps])
+
+    def verdict(self, teacher_fid: float) -> tuple[bool, str]:
+        """Whether the last figures meet both targets, and the line that says so."""
+        one, two = self.one[-1] / teacher_fid, self.two[-1] / teacher_fid
+        passed = one <= ONE_STEP_TARGET and two <= TWO_STEP_TARGET
+        return passed, (f"after {self.steps[-1]} steps: 1 step {self.one[-1]:.3g} ({one:.2f}x the teacher's DDPM-500 "
+                        f"{teacher_fid:.3g}; target {ONE_STEP_TARGET}x), 2 steps {self.two[-1]:.3g} ({two:.2f}x; target "
+                        f"{TWO_STEP_TARGET}x)")
+
+    def table(self) -> list[str]:
+        return [f"step {s:6d}: 1 step {a:8.3f}   2 steps {b:8.3f}" for s, a, b in zip(self.steps, self.one, self.two, strict=True)]
+
+
+def hardware(plan: runs.Plan) -> list[str]:
+    """The overrides that put a run on the check's processes and precision, nothing of its length or callbacks."""
+    return ["trainer=ddp", f"trainer.accelerator={plan.accelerator}", f"trainer.devices={plan.processes}",
+            f"trainer.precision={plan.precision}", "+trainer.enable_progress_bar=false", "~callbacks.progress", "logger=csv"]
+
+
+def run_logged(cmd: list[str], log: Path, plan: runs.Plan, timeout: float) -> None:
+    """One subprocess of the check, its output in ``log``; a failure or a run past ``timeout`` is ``runs.Failed``."""
+    with open(log, "w") as out:
+        out.write("$ " + " ".join(cmd) + "\n")
+        out.flush()
+        try:
+            code = subprocess.run(cmd, cwd=runs.ROOT, env=runs.environment(plan), stdout=out, stderr=subprocess.STDOUT,
+                                  timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            raise runs.Failed(f"{Path(cmd[1]).name} ran past {timeout:.0f} s; log {log}") from None
+    if code != 0:
+        raise runs.Failed(f"{' '.join(cmd[1:3])} exited with status {code}; log {log}")
+
+
+def train(plan: runs.Plan, run_dir: Path, overrides: list[str], user: list[str], timeout: float) -> None:
+    """train.py on the check's hardware; the user's overrides last, so that they win."""
+    cmd = [sys.executable, str(runs.ROOT / "train.py"), *hardware(plan), *overrides, *user, f"hydra.run.dir={run_dir}"]
+    run_logged(cmd, run_dir.with_suffix(".log"), plan, timeout)
+
+
+def teacher_ddpm_fid(teacher: Path, out: Path, samples: int, timeout: float, plan: runs.Plan) -> float:
+    """The teacher's DDPM over all of its schedule's levels, the tables' protocol (sampler_fid, seed 0)."""
+    path = out / "teacher-ddpm.json"
+    cmd = [sys.executable, "-m", "diffusion.tools.sampler_fid", str(teacher), "--samplers", "--full-ddpm",
+           "--n", str(samples), "--precision", "auto", "--device", "cuda" if plan.accelerator == "gpu" else "cpu",
+           "--json", str(path)]
+    run_logged(cmd, out / "teacher-ddpm.log", plan, timeout)
+    return float(json.loads(path.read_text())["rows"][-1]["fid"])
+
+
+def check_distil(args, plan: runs.Plan, out: Path, report) -> None:
+    """Train (or take) the teacher, distil it, measure both, and report the curve and the verdict."""
+    teacher = args.teacher
+    if teacher is None:
+        length = [] if args.teacher_steps is None else [f"trainer.max_steps={args.teacher_steps}"]
+        train(plan, out / "teacher", ["objective=flow", "schedule=flow", *length], args.overrides, args.timeout)
+        teacher = out / "teacher" / "checkpoints" / "last.ckpt"
+        report.info(f"distil: teacher trained ({teacher})")
+    every = max(args.distil_steps // STAGES, 1)
+    train(plan, out / "distil", ["experiment=cd", "objective=flow", "schedule=flow", f"init_from={teacher}",
+                                 f"trainer.max_steps={args.distil_steps}", f"training.method.stage_steps={every}",
+                                 f"callbacks.fid.every_n_steps={every}", f"callbacks.fid.num_samples={args.fid_samples}"],
+          args.overrides, args.timeout)
+    curve = Curve.read(out / "distil")
+    for line in curve.table():
+        report.info(f"distil: {line}")
+    passed, line = curve.verdict(teacher_ddpm_fid(Path(teacher), out, args.fid_samples, args.timeout, plan))
+    report.check("distil", passed, line)
