@@ -132,14 +132,16 @@ def test_target_is_a_stopped_gradient():
 
 def test_consistency_tuning_takes_a_preconditioning_with_the_boundary_condition():
     """f(x, 0) = x for every network needs c_skip(0) = 1 and c_out(0) = 0 (not x0-prediction's), a well-conditioned
-    one-step sample |c_out| <= 1 (not eps-prediction's c_out = -sigma), and ECT's own levels a schedule of any sigma."""
+    one-step sample a bounded c_out (not eps-prediction's c_out = -sigma; EDM's tends to sigma_data, which may exceed
+    1), and ECT's own levels a schedule of any sigma."""
     method = ConsistencyTuning()
-    for objective, schedule in ((EDMPreconditioning(), EDMSchedule()), (FlowMatching(), FlowSchedule()), (VPrediction(), EDMSchedule())):
+    for objective, schedule in ((EDMPreconditioning(), EDMSchedule()), (FlowMatching(), FlowSchedule()), (VPrediction(), EDMSchedule()),
+                                (EDMPreconditioning(sigma_data=2.0), EDMSchedule())):
         method.check(Denoiser(nn.Identity(), objective, schedule))
     message = raises_config_error(method.check, Denoiser(nn.Identity(), X0Prediction(), EDMSchedule()))
     assert "objective=x0" in message and "objective=flow" in message and "\n" not in message
     message = raises_config_error(method.check, Denoiser(nn.Identity(), EpsPrediction(), EDMSchedule()))
-    assert "objective=eps" in message and "|c_out| <= 1" in message and "80" in message and "\n" not in message
+    assert "objective=eps" in message and "bounded c_out" in message and "80" in message and "\n" not in message
     message = raises_config_error(method.check, Denoiser(nn.Identity(), EDMPreconditioning(), LinearSchedule()))
     assert "LinearSchedule" in message and "schedule=edm" in message and "\n" not in message
 

@@ -90,7 +90,7 @@ class ConsistencyTuning:
     def check(self, denoiser: Denoiser) -> None:
         """The consistency function is the run's preconditioned denoiser, so its boundary condition f(x, 0) = x holds
         for every network exactly when c_skip(0) = 1 and c_out(0) = 0 (not x0-prediction's c_skip = 0), and a one-step
-        sample f(x, sigma_max) is well conditioned when |c_out| stays within 1 (not eps-prediction's c_out = -sigma):
+        sample f(x, sigma_max) is well conditioned when c_out stays bounded in sigma (not eps-prediction's -sigma):
         EDM's, rectified flow's and v-prediction's preconditionings. ECT draws its own levels t in (0, inf), so the
         schedule must take any sigma (``EDMSchedule``: edm, flow; the VP schedules stop at their sigma_max)."""
         if not isinstance(denoiser.schedule, EDMSchedule):
@@ -105,13 +105,15 @@ class ConsistencyTuning:
                 f"consistency tuning needs f(x, 0) = x, i.e. c_skip(0) = 1 and c_out(0) = 0, but objective={objective.name} "
                 f"has {c_skip:g} and {c_out:g}; fine-tune a model trained with objective=edm or objective=flow"
             )
-        # A one-step sample is f(x, sigma_max): an unbounded c_out (eps-prediction's -sigma) multiplies the network's
-        # error by sigma_max there; EDM's, flow's and v's stay within 1.
-        reach = abs(float(objective.c_out(torch.tensor(denoiser.schedule.sigma_max))))
-        if reach > 1:
+        # A one-step sample is f(x, sigma_max): a c_out that grows with sigma (eps-prediction's -sigma) multiplies the
+        # network's error by sigma_max there; EDM's (which tends to sigma_data), flow's and v's stay bounded.
+        sigma_max = denoiser.schedule.sigma_max
+        reach, further = (abs(float(objective.c_out(torch.tensor(s)))) for s in (sigma_max, 10 * sigma_max))
+        if further > 2 * reach:
             raise ConfigError(
-                f"consistency tuning needs |c_out| <= 1, but objective={objective.name} has {reach:.3g} at sigma_max "
-                "(a one-step sample would scale the network's error by it); fine-tune a model trained with objective=edm or objective=flow"
+                f"consistency tuning needs a bounded c_out, but objective={objective.name}'s grows with sigma ({reach:.3g} at "
+                f"sigma_max, {further:.3g} at 10x; a one-step sample would scale the network's error by it); fine-tune a "
+                "model trained with objective=edm or objective=flow"
             )
 
     def stage(self, step: int) -> int:
