@@ -136,12 +136,16 @@ def test_consistency_tuning_takes_a_preconditioning_with_the_boundary_condition(
     1), and ECT's own levels a schedule of any sigma."""
     method = ConsistencyTuning()
     for objective, schedule in ((EDMPreconditioning(), EDMSchedule()), (FlowMatching(), FlowSchedule()), (VPrediction(), EDMSchedule()),
-                                (EDMPreconditioning(sigma_data=2.0), EDMSchedule())):
+                                (EDMPreconditioning(sigma_data=2.0), EDMSchedule()),
+                                (EDMPreconditioning(sigma_data=2.0), EDMSchedule(sigma_max=1.0))):
         method.check(Denoiser(nn.Identity(), objective, schedule))
     message = raises_config_error(method.check, Denoiser(nn.Identity(), X0Prediction(), EDMSchedule()))
     assert "objective=x0" in message and "objective=flow" in message and "\n" not in message
     message = raises_config_error(method.check, Denoiser(nn.Identity(), EpsPrediction(), EDMSchedule()))
     assert "objective=eps" in message and "bounded c_out" in message and "80" in message and "\n" not in message
+    for sigma_max in (1.0, 3.0e38):  # below the probe's scale, and where c_out overflows
+        message = raises_config_error(method.check, Denoiser(nn.Identity(), EpsPrediction(), EDMSchedule(sigma_max=sigma_max)))
+        assert "bounded c_out" in message
     message = raises_config_error(method.check, Denoiser(nn.Identity(), EDMPreconditioning(), LinearSchedule()))
     assert "LinearSchedule" in message and "schedule=edm" in message and "\n" not in message
 

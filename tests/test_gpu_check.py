@@ -148,9 +148,19 @@ def test_the_distil_check_reads_the_curve_and_judges_it_against_the_targets(tmp_
     (["--checks", "distil", "--distil-steps", "7"], "--distil-steps=7 must be at least 8"),
     (["--checks", "distil", "--teacher-steps", "0"], "--teacher-steps=0 must be at least 1"),
     (["--checks", "distil", "--teacher", "/nonexistent.ckpt"], "is not a file"),
+    (["--checks", "distil", "--teacher", "/nonexistent.ckpt", "--teacher-steps", "5"], "drop it with --teacher"),
 ])
 def test_the_distil_checks_settings_are_refused_in_one_line(args, message, capsys):
     with pytest.raises(SystemExit):
         main(args)
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_the_distil_check_takes_only_a_flow_teacher(tiny_run, capsys):
+    """The student keeps its teacher's preconditioning and the check distils with objective=flow: a teacher of
+    another objective is refused before any run starts."""
+    with pytest.raises(SystemExit):
+        main(["--checks", "distil", "--teacher", str(tiny_run.ckpt)])
+    err = capsys.readouterr().err
+    assert "objective=flow" in err and "EpsPrediction" in err and err.count("\n") == 1

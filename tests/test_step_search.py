@@ -249,6 +249,31 @@ def test_search_steps_writes_the_levels_beside_the_checkpoint(searched):
     assert read_levels(ckpt, afs) == record["levels"] == rows[1]["levels"]
 
 
+def test_a_search_run_again_never_replaces_levels_with_worse_ones(searched, tmp_path, capsys):
+    """Run again with a budget too small to reach the levels already in the file (1 evaluation: Karras'), the search
+    keeps the file; with room for them (2), it starts from them, so what it writes scores no worse under its own
+    objective than the levels it replaces."""
+    ckpt, _ = searched
+    copy = tmp_path / "last.ckpt"
+    shutil.copy(ckpt, copy)
+    plain = sampler_from_conf("dpmpp_2m_sde", 3)
+    shutil.copy(levels_path(ckpt, plain), levels_path(copy, plain))
+    before = levels_path(copy, plain).read_text()
+
+    def search(evaluations):
+        return search_steps.run(search_steps.build_parser().parse_args(
+            [str(copy), "--nfe", "3", "--samplers", "dpmpp_2m_sde", "--n", "8", "--evaluations", str(evaluations)]))
+
+    assert search(1) == [] and levels_path(copy, plain).read_text() == before
+    assert "kept them" in capsys.readouterr().out
+    old = json.loads(before)["levels"]
+    (row,) = search(2)
+    record = json.loads(levels_path(copy, plain).read_text())
+    history = {tuple(entry["levels"]): entry["objective"] for entry in record["history"]}
+    assert tuple(old) in history and row["searched"] <= history[tuple(old)]
+    assert record["also_started_from"] == [{"file": levels_path(copy, plain).name, "levels": old}]
+
+
 def test_sampler_fid_compares_both_spacings_in_one_run(searched):
     ckpt, _ = searched
     rows = sampler_fid.run(sampler_fid.build_parser().parse_args([

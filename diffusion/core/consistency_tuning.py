@@ -16,6 +16,7 @@ r reaches 0 the target is x0 itself (the boundary condition), which is the diffu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -106,14 +107,17 @@ class ConsistencyTuning:
                 f"has {c_skip:g} and {c_out:g}; fine-tune a model trained with objective=edm or objective=flow"
             )
         # A one-step sample is f(x, sigma_max): a c_out that grows with sigma (eps-prediction's -sigma) multiplies the
-        # network's error by sigma_max there; EDM's (which tends to sigma_data), flow's and v's stay bounded.
+        # network's error by sigma_max there; EDM's (which tends to sigma_data), flow's and v's stay bounded. Probed far
+        # above sigma_max and any scale of the objective's own (sigma_data), where a bounded c_out has levelled off.
         sigma_max = denoiser.schedule.sigma_max
-        reach, further = (abs(float(objective.c_out(torch.tensor(s)))) for s in (sigma_max, 10 * sigma_max))
-        if further > 2 * reach:
+        far = 1e4 * max(1.0, sigma_max)
+        reach, further = (abs(float(objective.c_out(torch.tensor(s, dtype=torch.float64)))) for s in (far, 100 * far))
+        if not (math.isfinite(further) and further <= 2 * reach):
+            at_max = abs(float(objective.c_out(torch.tensor(sigma_max))))
             raise ConfigError(
                 f"consistency tuning needs a bounded c_out, but objective={objective.name}'s grows with sigma ({reach:.3g} at "
-                f"sigma_max, {further:.3g} at 10x; a one-step sample would scale the network's error by it); fine-tune a "
-                "model trained with objective=edm or objective=flow"
+                f"{far:.3g}, {further:.3g} at {100 * far:.3g}); a one-step sample would scale the network's error by "
+                f"{at_max:.3g} at sigma_max={sigma_max:g}; fine-tune a model trained with objective=edm or objective=flow"
             )
 
     def stage(self, step: int) -> int:

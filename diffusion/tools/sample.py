@@ -53,8 +53,9 @@ def fill_mean_from_data(module: DiffusionModule, checkpoint: dict, ckpt: str) ->
     would move every sample towards grey and lose most of the step's gain)."""
     try:
         fill_data_mean(module, checkpoint_datamodule(checkpoint))
-    except (ConfigError, OSError, ValueError) as err:
-        raise ConfigError(f"{ckpt} predates the training images' mean in checkpoints and its data cannot be read ({err}); "
+    except Exception as err:  # whatever stops the data module (a moved folder, a bad file, Hydra's wrapping of either)
+        cause = " ".join(str(err).split())  # one line, whatever wrapped it
+        raise ConfigError(f"{ckpt} predates the training images' mean in checkpoints and its data cannot be read ({cause}); "
                           "sample with sampler.analytic_first_step=false, or on a machine with its data") from None
     if module.data_mean is None:
         raise ConfigError(f"{ckpt}: its data module gives no mean image; sample with sampler.analytic_first_step=false")
@@ -75,9 +76,9 @@ def sample_to_folder(cfg: DictConfig) -> Path:
     module = module_from_checkpoint(checkpoint, trust=list(cfg.get("trust") or [])).to(device)
     sampler = build_sampler(cfg.sampler, cfg.steps) if cfg.get("sampler") else build_sampler(module.config["sampler"], cfg.steps)
     sampler = with_searched_levels(sampler, cfg.ckpt)  # spacing=optimized: the levels searched for this checkpoint
+    sigmas = sampler.sigmas(module.schedule)  # also validates steps against the schedule before any work
     if sampler.analytic_first_step and module.data_mean is None:
         fill_mean_from_data(module, checkpoint, cfg.ckpt)
-    sigmas = sampler.sigmas(module.schedule)  # also validates steps against the schedule before any work
     labels = parse_labels(cfg.label, cfg.n, module)
     level, spread = cfg.get("level"), cfg.get("level_spread", 1.0)
     level = module.default_level() if level is None else level

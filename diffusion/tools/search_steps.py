@@ -25,6 +25,7 @@ from diffusion.core.errors import OneLineArgumentParser
 from diffusion.evaluation.searched_levels import (
     SampleQuality,
     file_digest,
+    levels_path,
     search_levels,
     searched_before,
     training_reference,
@@ -86,6 +87,13 @@ def run(args: argparse.Namespace) -> list[dict]:
         result, seconds = search_levels(objective, module.schedule, evaluations=args.evaluations, seconds=budget,
                                         others=[start["levels"] for start in before])
         share = None if trained is None else seconds / trained
+        own = next((start["levels"] for start in before if start["file"] == levels_path(args.ckpt, sampler).name), None)
+        if own is not None and all(levels != own for levels, _ in result.history):
+            # The budget ended the search before it reached the levels in the file: they may be the better ones.
+            print(f"{name}{' +AFS' if analytic else ''} NFE {sampler.nfe}: the search ended ({result.evaluations} "
+                  f"evaluations) before it evaluated the levels already searched in {levels_path(args.ckpt, sampler).name}; "
+                  "kept them (a larger --max-share or --evaluations reaches them)", flush=True)
+            continue
         path = write_levels(args.ckpt, sampler, result, seconds, digest, n=args.n, seed=args.seed, reference="training images",
                             features=quality.version, precision="bf16" if bf16 else "32",
                             share_of_training_time=None if share is None else round(share, 4),

@@ -13,13 +13,23 @@ SAMPLING_PRECISIONS = ("auto", "32", "bf16")
 
 
 def pick_device(name: str) -> torch.device:
-    """``auto``: the GPU where there is one, else the CPU; a CUDA device asked for on a machine without one is a
-    one-line error (sample.py's ``device=``, the throughput bench's ``--device``)."""
+    """``auto``: the GPU where there is one, else the CPU; ``cpu``, ``cuda`` or ``cuda:N``. A CUDA device asked for on
+    a machine without it, or any other name, is a one-line error (sample.py's ``device=``, sampler_fid's and the
+    throughput bench's ``--device``)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={name} is not a device of this tool; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name} asked for, but no CUDA GPU is available; use device=cpu")
-    return torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name} asked for, but there are {torch.cuda.device_count()} GPUs (cuda:0 to "
+                          f"cuda:{torch.cuda.device_count() - 1})")
+    return device
 
 
 def fast_bf16_available(device_type: str = "auto") -> bool:

@@ -44,7 +44,7 @@ from diffusion.tools.gpu_check import compare, distil, runs, speed
 CHECKS = ("repeat", "ema", "resume", "fid", "distil")
 DEFAULT_CHECKS = CHECKS[:4]  # distil trains a teacher and distils it: asked for by name
 PROCEDURAL_VAL_FRACTION = 0.05  # conf/data/procedural.yaml
-DISTIL_STEPS = 864  # 8 stages of 108: a CD step costs about two training steps, so about the main job's 1,780
+DISTIL_STEPS = 640  # 8 stages of 80: a CD step costs about 8/3 training steps, so about the main job's 1,780 (distil.py)
 FID_TOLERANCE = 1e-3  # relative: float64 feature sums added in another order, reference features in other batches
 
 
@@ -77,7 +77,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", default="auto", help="trainer.precision (default: bf16-mixed where fast, else 32-true)")
     parser.add_argument("--fid-samples", type=int, default=1000, help="generated images of the FID check")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds one train.py run may take")
-    parser.add_argument("--teacher", type=Path, help="distil: the teacher's checkpoint (default: train one, objective=flow)")
+    parser.add_argument("--teacher", type=Path,
+                        help="distil: the teacher's checkpoint, of train.py objective=flow schedule=flow (default: train one); "
+                             "give the check the data overrides it was trained with")
     parser.add_argument("--teacher-steps", type=int, help="distil: the teacher's trainer.max_steps (default: the main job's)")
     parser.add_argument("--distil-steps", type=int, default=DISTIL_STEPS,
                         help=f"distil: consistency distillation steps (default {DISTIL_STEPS}: about the teacher's cost)")
@@ -126,9 +128,14 @@ def make_plan(args: argparse.Namespace, processes: int, accelerator: str, precis
             raise ConfigError(f"--distil-steps={args.distil_steps} must be at least {distil.STAGES} (one per stage)")
         if args.teacher_steps is not None and args.teacher_steps < 1:
             raise ConfigError(f"--teacher-steps={args.teacher_steps} must be at least 1")
-        if args.teacher is not None and not args.teacher.is_file():
-            raise ConfigError(f"--teacher {args.teacher} is not a file; give a checkpoint of train.py objective=flow, or "
-                              "leave it out to train one")
+        if args.teacher is not None:
+            if args.teacher_steps is not None:
+                raise ConfigError("--teacher-steps is the length of the teacher the check trains; drop it with --teacher")
+            if not args.teacher.is_file():
+                raise ConfigError(f"--teacher {args.teacher} is not a file; give a checkpoint of train.py objective=flow, "
+                                  "or leave it out to train one")
+            args.teacher = args.teacher.resolve()  # the runs start in the repository's root
+            distil.check_teacher(args.teacher)
     return runs.Plan(processes, accelerator, precision, args.steps, args.batch_size, every, args.compile, extra)
 
 

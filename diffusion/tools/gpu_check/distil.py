@@ -9,7 +9,11 @@ an accelerator is lent, with the real ``train.py`` and ``tools.sampler_fid``:
 2. ``experiment=cd`` from it, FID at 1 and 2 consistency steps every eighth of the run (its learning curve);
 3. the teacher's DDPM over all 500 levels with the same protocol (1,000 samples against the validation split),
 
-and passes when the curve's last figures meet both targets. Every run keeps its folder under ``--out``.
+and passes when the curve's last figures meet both targets and the distillation's training steps took no longer than
+the teacher's (where both times are known: a teacher trained by the check, or one in its run folder). The default
+length, ``DISTIL_STEPS`` in ``__init__``, is about the teacher's cost: a distillation step is one training step of
+the student and five forward passes (two DPM-Solver++(2S) steps of the teacher, the target network), about 8/3 of a
+teacher's step. Every run keeps its folder under ``--out``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from diffusion.core.errors import ConfigError
 from diffusion.tools.gpu_check import runs
 
 ONE_STEP_TARGET, TWO_STEP_TARGET = 1.6, 1.3  # issue 19: FID against the teacher's DDPM-500
@@ -66,17 +71,14 @@ def hardware(plan: runs.Plan) -> list[str]:
 
 
 def run_logged(cmd: list[str], log: Path, plan: runs.Plan, timeout: float) -> None:
-    """One subprocess of the check, its output in ``log``; a failure or a run past ``timeout`` is ``runs.Failed``."""
+    """One subprocess of the check in a session of its own (a timeout kills its DDP ranks too), its output in
+    ``log``; a failure or a run past ``timeout`` is ``runs.Failed`` with the log's tail."""
     with open(log, "w") as out:
         out.write("$ " + " ".join(cmd) + "\n")
         out.flush()
-        try:
-            code = subprocess.run(cmd, cwd=runs.ROOT, env=runs.environment(plan), stdout=out, stderr=subprocess.STDOUT,
-                                  timeout=timeout).returncode
-        except subprocess.TimeoutExpired:
-            raise runs.Failed(f"{Path(cmd[1]).name} ran past {timeout:.0f} s; log {log}") from None
-    if code != 0:
-        raise runs.Failed(f"{' '.join(cmd[1:3])} exited with status {code}; log {log}")
+        proc = subprocess.Popen(cmd, cwd=runs.ROOT, env=runs.environment(plan), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    runs.wait(proc, log, timeout, "train.py" if cmd[1].endswith("train.py") else " ".join(cmd[1:3]))
 
 
 def train(plan: runs.Plan, run_dir: Path, overrides: list[str], user: list[str], timeout: float) -> None:
@@ -86,30 +88,61 @@ def train(plan: runs.Plan, run_dir: Path, overrides: list[str], user: list[str],
 
 
 def teacher_ddpm_fid(teacher: Path, out: Path, samples: int, timeout: float, plan: runs.Plan) -> float:
-    """The teacher's DDPM over all of its schedule's levels, the tables' protocol (sampler_fid, seed 0)."""
+    """The teacher's DDPM over all of its schedule's levels, the tables' protocol (sampler_fid, seed 0), in the
+    precision the student's FID callback samples in."""
     path = out / "teacher-ddpm.json"
     cmd = [sys.executable, "-m", "diffusion.tools.sampler_fid", str(teacher), "--samplers", "--full-ddpm",
-           "--n", str(samples), "--precision", "auto", "--device", "cuda" if plan.accelerator == "gpu" else "cpu",
-           "--json", str(path)]
+           "--n", str(samples), "--precision", "bf16" if plan.precision.startswith("bf16") else "32",
+           "--device", "cuda" if plan.accelerator == "gpu" else "cpu", "--json", str(path)]
     run_logged(cmd, out / "teacher-ddpm.log", plan, timeout)
-    return float(json.loads(path.read_text())["rows"][-1]["fid"])
+    try:
+        return float(json.loads(path.read_text())["rows"][-1]["fid"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
+        raise runs.Failed(f"the teacher's DDPM-500 figure cannot be read from {path} ({err})") from None
+
+
+def training_seconds(run_dir: Path) -> float | None:
+    """Seconds spent in training steps (the run's ``metrics.json``; validations and FID not counted)."""
+    try:
+        return float(json.loads((run_dir / "metrics.json").read_text())["time/train_steps_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_teacher(path: Path) -> None:
+    """A teacher for this check is a rectified-flow checkpoint (the student keeps its preconditioning)."""
+    from diffusion.training.checkpoints import load_checkpoint
+
+    objective = str(load_checkpoint(path)["diffusion"]["config"]["objective"]["_target_"])
+    if not objective.endswith("FlowMatching"):
+        raise ConfigError(f"--teacher {path} was trained with {objective.rsplit('.', 1)[-1]}; the distil check takes a "
+                          "model of train.py objective=flow schedule=flow (or leave --teacher out to train one)")
 
 
 def check_distil(args, plan: runs.Plan, out: Path, report) -> None:
-    """Train (or take) the teacher, distil it, measure both, and report the curve and the verdict."""
-    teacher = args.teacher
+    """Train (or take) the teacher, distil it, measure both, and report the curve, the costs and the verdict."""
+    teacher, teacher_dir = args.teacher, None
     if teacher is None:
+        teacher_dir = out / "teacher"
         length = [] if args.teacher_steps is None else [f"trainer.max_steps={args.teacher_steps}"]
-        train(plan, out / "teacher", ["objective=flow", "schedule=flow", *length], args.overrides, args.timeout)
-        teacher = out / "teacher" / "checkpoints" / "last.ckpt"
+        train(plan, teacher_dir, ["objective=flow", "schedule=flow", *length], args.overrides, args.timeout)
+        teacher = teacher_dir / "checkpoints" / "last.ckpt"
         report.info(f"distil: teacher trained ({teacher})")
+    elif teacher.parent.name == "checkpoints":
+        teacher_dir = teacher.parent.parent  # its run folder, for its training time
     every = max(args.distil_steps // STAGES, 1)
     train(plan, out / "distil", ["experiment=cd", "objective=flow", "schedule=flow", f"init_from={teacher}",
                                  f"trainer.max_steps={args.distil_steps}", f"training.method.stage_steps={every}",
-                                 f"callbacks.fid.every_n_steps={every}", f"callbacks.fid.num_samples={args.fid_samples}"],
+                                 f"validation.every_n_steps={every}", f"callbacks.fid.every_n_steps={every}",
+                                 f"callbacks.fid.num_samples={args.fid_samples}"],
           args.overrides, args.timeout)
     curve = Curve.read(out / "distil")
     for line in curve.table():
         report.info(f"distil: {line}")
-    passed, line = curve.verdict(teacher_ddpm_fid(Path(teacher), out, args.fid_samples, args.timeout, plan))
+    passed, line = curve.verdict(teacher_ddpm_fid(teacher, out, args.fid_samples, args.timeout, plan))
+    spent, taught = training_seconds(out / "distil"), None if teacher_dir is None else training_seconds(teacher_dir)
+    if spent is not None and taught is not None:
+        cheap = spent <= taught
+        line += f"; cost {spent:.0f} s of training steps against the teacher's {taught:.0f} s ({'within' if cheap else 'over'} it)"
+        passed = passed and cheap
     report.check("distil", passed, line)

@@ -87,21 +87,22 @@ def _tail(log: Path, chars: int = 3000) -> str:
     return log.read_text(errors="replace")[-chars:]
 
 
-def _wait(proc: subprocess.Popen, log: Path, timeout: float) -> None:
+def wait(proc: subprocess.Popen, log: Path, timeout: float, what: str = "train.py") -> None:
+    """The process (started in a session of its own) to its end; past ``timeout`` its whole group is killed."""
     try:
         code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        raise Failed(f"train.py ran past {timeout:.0f} s; log {log}:\n{_tail(log)}") from None
+        raise Failed(f"{what} ran past {timeout:.0f} s; log {log}:\n{_tail(log)}") from None
     if code != 0:
-        raise Failed(f"train.py exited with status {code}; log {log}:\n{_tail(log)}")
+        raise Failed(f"{what} exited with status {code}; log {log}:\n{_tail(log)}")
 
 
 def run_whole(plan: Plan, run_dir: Path, timeout: float) -> Path:
     """One uninterrupted run; returns the folder of its ranks' probe records."""
     probe = run_dir.with_name(run_dir.name + "-ranks")
-    _wait(_launch(plan, run_dir, probe, run_dir.with_suffix(".log"), []), run_dir.with_suffix(".log"), timeout)
+    wait(_launch(plan, run_dir, probe, run_dir.with_suffix(".log"), []), run_dir.with_suffix(".log"), timeout)
     return probe
 
 
@@ -129,7 +130,7 @@ def run_killed_and_resumed(plan: Plan, run_dir: Path, timeout: float) -> Path:
     if resumed_from != step:
         raise Failed(f"{last} holds step {resumed_from}, not the checkpoint at step {step}")
     probe = run_dir.with_name(run_dir.name + "-resumed-ranks")
-    _wait(_launch(plan, run_dir, probe, log, ["ckpt_path=auto"]), log, timeout)
+    wait(_launch(plan, run_dir, probe, log, ["ckpt_path=auto"]), log, timeout)
     return probe
 
 
