@@ -179,6 +179,10 @@ def run(args: argparse.Namespace) -> list[dict]:
                     continue
                 for spacing in args.spacing:
                     sampler = sampler_for(name, steps, options_for(name, options), analytic_first_step=analytic)
+                    if spacing == "optimized" and sampler.steps < 2:
+                        print(f"{row_label(name, {}, analytic)}: one level at NFE {sampler.nfe} (sigma_max), nothing to "
+                              "search: its optimized row is the Karras one, skipped", flush=True)
+                        continue
                     if spacing == "optimized" and not levels_path(args.ckpt, sampler).exists():
                         print(f"{row_label(name, {}, analytic)}: no levels searched at NFE {sampler.nfe} "
                               f"({search_command(args.ckpt, sampler)}), skipped", flush=True)
