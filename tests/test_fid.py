@@ -160,13 +160,15 @@ def test_two_processes_give_the_single_process_figure(tmp_path, sprites, weights
 # -- the callback in a tiny training run ------------------------------------------------------------
 
 
-def test_experiment_ect_adds_one_named_sampler_to_the_fid_callback():
-    """experiment=ect measures the consistency sampler at 1 step (val/fid, fid.json) and, as one more entry of the
-    callback's samplers, at 2 steps (val/fid_2step, fid_2step.json), as the cloned callback did at 44e540d."""
+def test_experiment_ect_adds_named_samplers_to_the_fid_callback():
+    """experiment=ect measures the consistency sampler at 1 step (val/fid, fid.json) and, as more entries of the
+    callback's samplers, at 2 steps (val/fid_2step, fid_2step.json, as the cloned callback did at 44e540d) and 4
+    (fid_4step.json): the learning curve at 1, 2 and 4 steps of issue 19."""
     from hydra.utils import instantiate
 
     fid = instantiate(compose_config("train", ["paths.output_dir=.", "experiment=ect"]).callbacks.fid)
-    assert list(fid.samplers) == ["default", "2step"]
+    assert list(fid.samplers) == ["default", "2step", "4step"]
+    assert repr(fid.samplers["4step"]) == "Sampler(consistency, steps=4, spacing=karras, nfe=4)"
     assert repr(fid.samplers["default"]) == "Sampler(consistency, steps=1, spacing=karras, nfe=1)"
     assert repr(fid.samplers["2step"]) == "Sampler(consistency, steps=2, spacing=karras, nfe=2)"
     assert fid.samplers["2step"].sigma_min == 0.821 and fid.history_path("2step").name == "fid_2step.json"

@@ -134,6 +134,10 @@ def test_the_distil_check_reads_the_curve_and_judges_it_against_the_targets(tmp_
     write("fid_2step.json", {108: 9.0, 216: 1.2, 324: 1.25})
     curve = distil.Curve.read(tmp_path)
     assert curve.steps == [108, 216, 324] and curve.one == [20.0, 3.1, 1.5] and curve.two == [9.0, 1.2, 1.25]
+    assert curve.four is None and "4 steps" not in curve.table()[0]
+    write("fid_4step.json", {216: 1.1, 324: 1.0})
+    curve = distil.Curve.read(tmp_path)
+    assert curve.four == [None, 1.1, 1.0] and curve.table()[-1].endswith("4 steps    1.000")
     passed, line = curve.verdict(1.0)
     assert passed and "1.50x" in line and "1.25x" in line
     assert not curve.verdict(0.95)[0]  # 2 steps 1.32x the teacher: over 1.3x
