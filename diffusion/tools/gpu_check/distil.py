@@ -1,9 +1,10 @@
-"""The ``distil`` check: does consistency distillation reach its teacher at the budget the CPU curve cannot afford?
+"""The ``distil`` check: does consistency distillation from a flow teacher reach it, run where a GPU makes it cheap?
 
 Issue 19's targets for a few-step model distilled from a teacher: 2 steps within 30% of the teacher's DDPM-500 FID
 and 1 step within 60%, at a fine-tuning cost of at most the teacher's own training. The CPU runs of BENCHMARKS.md
 ("A flow teacher for consistency distillation") miss them at that cost, and their learning curve leaves open whether
-a longer run would reach them; this check runs the whole recipe, at any length, where an accelerator is lent, with the real ``train.py`` and ``tools.sampler_fid``:
+a longer run would reach them; this check runs the whole recipe, at any length, where an accelerator is lent, with
+the real ``train.py`` and ``tools.sampler_fid``:
 
 1. the teacher, ``objective=flow schedule=flow`` at the main job's budget (or ``--teacher CKPT``);
 2. ``experiment=cd`` from it, FID at 1, 2 and 4 consistency steps every eighth of the run (its learning curve);
