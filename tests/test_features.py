@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -119,14 +120,17 @@ def test_config_defaults_match_code_defaults():
 def test_features_cli(tmp_path, sprite_dir):
     cache = tmp_path / "cache"
     args = ["data=sprites", f"data.dir={sprite_dir}", f"fid_features.cache_dir={cache}", "fid_features.train.batch_size=32", "fid_features.train.min_steps=10", f"out={tmp_path / 'w.safetensors'}"]
-    proc = subprocess.run([sys.executable, "-m", "diffusion.tools.train_features", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    bad_args = ["data=sprites", f"data.dir={sprite_dir}", "data.labels=null", f"fid_features.cache_dir={tmp_path / 'cache-bad'}"]
+
+    def run(arguments):
+        return subprocess.run([sys.executable, "-m", "diffusion.tools.train_features", *arguments], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    with ThreadPoolExecutor(2) as pool:  # the two commands side by side: the suite's time
+        proc, bad = pool.map(run, [args, bad_args])
     assert proc.returncode == 0, describe(proc)
     assert "version:  sprite-cnn-v1-" in proc.stdout and "accuracy:" in proc.stdout
     assert (tmp_path / "w.safetensors").is_file() and len(list(cache.glob("sprite-cnn-v1-*.safetensors"))) == 1
-    bad = subprocess.run(
-        [sys.executable, "-m", "diffusion.tools.train_features", "data=sprites", f"data.dir={sprite_dir}", "data.labels=null", f"fid_features.cache_dir={cache}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "fid_features.feature_weights" in bad.stderr, describe(bad)
 
 
