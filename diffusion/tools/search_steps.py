@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 from pathlib import Path
 
 import torch
@@ -36,6 +35,7 @@ from diffusion.tools.sampler_fid import fid_labels, fill_data_mean, reference_qu
 from diffusion.training.builders import sampler_from_conf, sampler_names
 from diffusion.training.checkpoints import load_checkpoint, module_from_checkpoint
 from diffusion.training.precision import sampling_in_bf16
+from diffusion.training.run_timer import training_seconds
 
 
 def share_or_zero(text: str) -> float:
@@ -48,15 +48,6 @@ def share_or_zero(text: str) -> float:
     return share(text)
 
 
-def training_seconds(ckpt: str | Path) -> float | None:
-    """The training time of the run a checkpoint belongs to (``RUN/metrics.json``'s ``time/train_steps_s``)."""
-    metrics = Path(ckpt).resolve().parent.parent / "metrics.json"
-    try:
-        return float(json.loads(metrics.read_text())["time/train_steps_s"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 @reports_user_errors
 def run(args: argparse.Namespace) -> list[dict]:
     bf16 = sampling_in_bf16(args.precision, torch.device("cpu"))
@@ -67,7 +58,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     fill_data_mean(module, datamodule)
     quality = training_reference(validation.feature, datamodule.real_images("train"), args.seed)
     labels = fid_labels(module, datamodule, args.n)
-    trained = training_seconds(args.ckpt)
+    trained = training_seconds(Path(args.ckpt).resolve().parent.parent)  # RUN/checkpoints/last.ckpt -> RUN
     budget = None if trained is None or not args.max_share else args.max_share * trained
     rows = []
     for name, analytic, nfe in itertools.product(args.samplers, (first == "analytic" for first in args.first_step), args.nfe):
@@ -87,11 +78,12 @@ def run(args: argparse.Namespace) -> list[dict]:
         result, seconds = search_levels(objective, module.schedule, evaluations=args.evaluations, seconds=budget,
                                         others=[start["levels"] for start in before])
         share = None if trained is None else seconds / trained
-        own = next((start["levels"] for start in before if start["file"] == levels_path(args.ckpt, sampler).name), None)
+        own_file = levels_path(args.ckpt, sampler).name
+        own = next((start["levels"] for start in before if start["file"] == own_file), None)
         if own is not None and all(levels != own for levels, _ in result.history):
             # The budget ended the search before it reached the levels in the file: they may be the better ones.
             print(f"{name}{' +AFS' if analytic else ''} NFE {sampler.nfe}: the search ended ({result.evaluations} "
-                  f"evaluations) before it evaluated the levels already searched in {levels_path(args.ckpt, sampler).name}; "
+                  f"evaluations) before it evaluated the levels already searched in {own_file}; "
                   "kept them (a larger --max-share or --evaluations reaches them)", flush=True)
             continue
         path = write_levels(args.ckpt, sampler, result, seconds, digest, n=args.n, seed=args.seed, reference="training images",

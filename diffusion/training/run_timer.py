@@ -9,7 +9,9 @@ training, written to ``metrics.json`` and said in one line when the run ends.
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -77,3 +79,12 @@ def describe(summary: dict[str, float]) -> str:
         f"validation with grids and FID {summary['time/validation_s']:.0f} s, between steps "
         f"{summary['time/between_steps_s']:.0f} s, after training {summary['time/after_training_s']:.0f} s"
     )
+
+
+def training_seconds(run_dir: str | Path) -> float | None:
+    """A finished run's seconds in training steps (``time/train_steps_s`` of its ``metrics.json``), or None where the
+    folder has no readable record (not a run of train.py, or one that has not ended)."""
+    try:
+        return float(json.loads((Path(run_dir) / "metrics.json").read_text())["time/train_steps_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -220,8 +220,13 @@ def check_fid(args: argparse.Namespace, plan: runs.Plan, whole_dir: Path, out: P
     report.info(f"fid: one process with the callback's own noise (other images, FID's sampling noise): {figures[1]:.6g}")
 
 
+def training_checks(args: argparse.Namespace) -> list[str]:
+    """The asked checks that share the short run (all but distil)."""
+    return [name for name in args.checks if name in DEFAULT_CHECKS]
+
+
 def run_checks(args: argparse.Namespace, plan: runs.Plan, out: Path, report: Report) -> None:
-    if any(name in DEFAULT_CHECKS for name in args.checks):
+    if training_checks(args):
         run_training_checks(args, plan, out, report)
     if "distil" in args.checks:
         try:
@@ -239,7 +244,7 @@ def run_training_checks(args: argparse.Namespace, plan: runs.Plan, out: Path, re
         whole = runs.final_checkpoint(whole_dir, plan.steps)
         records = runs.rank_records(probe, plan.processes)
     except runs.Failed as err:
-        for i, name in enumerate(c for c in args.checks if c in DEFAULT_CHECKS):
+        for i, name in enumerate(training_checks(args)):
             report.check(name, False, f"the uninterrupted run failed: {err}" if i == 0 else "not run: the uninterrupted run failed")
         return
     report.info(f"the uninterrupted run: {plan.steps} steps in {whole_dir} ({time.perf_counter() - started:.0f} s with start-up)")
@@ -279,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     if any(out.iterdir()):
         raise ConfigError(f"--out {out} is not empty; give a new folder")
     print(first_line, flush=True)
-    if any(name in DEFAULT_CHECKS for name in args.checks):
+    if training_checks(args):
         print(f"     {plan.steps} steps at batch {plan.batch_size} a process, checkpoint every {plan.checkpoint_every} steps"
               f"{', training.compile=true' if plan.compile else ''}; runs in {out}", flush=True)
     else:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from diffusion.core.errors import ConfigError
 from diffusion.tools.gpu_check import runs
+from diffusion.training.run_timer import training_seconds
 
 ONE_STEP_TARGET, TWO_STEP_TARGET = 1.6, 1.3  # issue 19: FID against the teacher's DDPM-500
 STAGES = 8  # ECT's and CD's stages of r, as in the CPU runs (conf/experiment/ect.yaml)
@@ -74,12 +75,6 @@ class Curve:
                 for s, a, b, c in zip(self.steps, self.one, self.two, four, strict=True)]
 
 
-def hardware(plan: runs.Plan) -> list[str]:
-    """The overrides that put a run on the check's processes and precision, nothing of its length or callbacks."""
-    return ["trainer=ddp", f"trainer.accelerator={plan.accelerator}", f"trainer.devices={plan.processes}",
-            f"trainer.precision={plan.precision}", "+trainer.enable_progress_bar=false", "~callbacks.progress", "logger=csv"]
-
-
 def run_logged(cmd: list[str], log: Path, plan: runs.Plan, timeout: float) -> None:
     """One subprocess of the check in a session of its own (a timeout kills its DDP ranks too), its output in
     ``log``; a failure or a run past ``timeout`` is ``runs.Failed`` with the log's tail."""
@@ -93,7 +88,7 @@ def run_logged(cmd: list[str], log: Path, plan: runs.Plan, timeout: float) -> No
 
 def train(plan: runs.Plan, run_dir: Path, overrides: list[str], user: list[str], timeout: float) -> None:
     """train.py on the check's hardware; the user's overrides last, so that they win."""
-    cmd = [sys.executable, str(runs.ROOT / "train.py"), *hardware(plan), *overrides, *user, f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, str(runs.ROOT / "train.py"), *plan.hardware(), *overrides, *user, f"hydra.run.dir={run_dir}"]
     run_logged(cmd, run_dir.with_suffix(".log"), plan, timeout)
 
 
@@ -109,14 +104,6 @@ def teacher_ddpm_fid(teacher: Path, out: Path, samples: int, timeout: float, pla
         return float(json.loads(path.read_text())["rows"][-1]["fid"])
     except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
         raise runs.Failed(f"the teacher's DDPM-500 figure cannot be read from {path} ({err})") from None
-
-
-def training_seconds(run_dir: Path) -> float | None:
-    """Seconds spent in training steps (the run's ``metrics.json``; validations and FID not counted)."""
-    try:
-        return float(json.loads((run_dir / "metrics.json").read_text())["time/train_steps_s"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def check_teacher(path: Path) -> None:

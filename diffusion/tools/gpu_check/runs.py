@@ -33,19 +33,27 @@ class Plan:
     compile: bool = False
     extra: list[str] = field(default_factory=list)  # the user's own overrides, last so that they win
 
-    def overrides(self) -> list[str]:
+    def hardware(self) -> list[str]:
+        """What puts any run of the check on its processes and precision, with plain logs (the distil check's too)."""
         return [
             "trainer=ddp",
             f"trainer.accelerator={self.accelerator}",
             f"trainer.devices={self.processes}",
             f"trainer.precision={self.precision}",
+            "+trainer.enable_progress_bar=false",
+            "~callbacks.progress",
+            "logger=csv",
+        ]
+
+    def overrides(self) -> list[str]:
+        """The short run of the repeat, ema, resume and fid checks."""
+        return [
+            *self.hardware(),
             f"trainer.max_steps={self.steps}",
             "trainer.max_epochs=-1",
             # Same inputs, same bits: torch's deterministic kernels (warn, not fail, where an op has none: the
             # repeat check then shows whether the bits differ).
             "trainer.deterministic=warn",
-            "+trainer.enable_progress_bar=false",
-            "~callbacks.progress",
             f"data.batch_size={self.batch_size}",
             f"callbacks.checkpoint.every_n_steps={self.checkpoint_every}",
             "callbacks.sample_grid.every_n_steps=0",
@@ -53,7 +61,6 @@ class Plan:
             "validation.fraction=1",
             "final_samples.n=8",
             "optimized_metric=val/loss",
-            "logger=csv",
             f"training.compile={str(self.compile).lower()}",
             *self.extra,
         ]
