@@ -176,7 +176,7 @@ CASES = [
     Case("config-compile-not-bool", "train", ("training.compile=maybe",), ("training.compile='maybe'", "true or false")),
     Case("config-ema-width", "train", ("callbacks.ema.sigma_rel=1.5",), ("callbacks.ema.sigma_rel=1.5", "0.3")),
     Case("config-train-searched-levels", "train", ("sampler.spacing=optimized",), ("sampler.spacing=optimized", "search_steps")),
-    Case("config-distillation-without-teacher", "train", ("experiment=cd",), ("consistency distillation", "init_from=")),
+    Case("config-distillation-without-teacher", "train", ("experiment=cd",), ("distillation needs its teacher", "init_from=")),
     Case("config-run-dir-taken", "train", ("hydra.run.dir={run_copy}",), ("{run_copy}", "already holds checkpoints", "ckpt_path=last"),
          sub=True, strict=True),
     # -- settings (sample.py) -------------------------------------------------------------------------------

@@ -222,7 +222,7 @@ def test_distillation_needs_its_teacher_and_keeps_it_out_of_the_model(tmp_path):
     # a consistency model is no teacher: its output is not a denoiser whose ODE the path follows
     tuned = save_teacher(tiny_module("experiment=ect"), tmp_path / "ect.ckpt")
     message = raises_config_error(TeacherCheckpoint(tuned))
-    assert "consistency model" in message and "\n" not in message
+    assert "few-step model" in message and "\n" not in message
 
 
 def test_a_flow_model_is_a_teacher_by_the_same_path(tmp_path):

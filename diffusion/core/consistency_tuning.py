@@ -50,6 +50,24 @@ def pseudo_huber(diff: Tensor, c: float) -> Tensor:
     return (flat.square().sum(1) + c**2).sqrt() - c
 
 
+
+def check_one_step_generator(denoiser: Denoiser, method: str) -> None:
+    """Refuse, in one line, a denoiser whose one-step sample D(x, sigma_max) is ill conditioned: a c_out that grows
+    with sigma (eps-prediction's -sigma) multiplies the network's error by sigma_max there; EDM's (which tends to
+    sigma_data), flow's and v's stay bounded. Probed far above sigma_max and any scale of the objective's own
+    (sigma_data), where a bounded c_out has levelled off. Consistency models and distribution matching both need it."""
+    objective, sigma_max = denoiser.objective, denoiser.schedule.sigma_max
+    far = 1e4 * max(1.0, sigma_max)
+    reach, further = (abs(float(objective.c_out(torch.tensor(s, dtype=torch.float64)))) for s in (far, 100 * far))
+    if not (math.isfinite(further) and further <= 2 * reach):
+        at_max = abs(float(objective.c_out(torch.tensor(sigma_max))))
+        raise ConfigError(
+            f"{method} needs a bounded c_out, but objective={objective.name}'s grows with sigma ({reach:.3g} at "
+            f"{far:.3g}, {further:.3g} at {100 * far:.3g}); a one-step sample would scale the network's error by "
+            f"{at_max:.3g} at sigma_max={sigma_max:g}; fine-tune a model trained with objective=edm or objective=flow"
+        )
+
+
 class ConsistencyTuning:
     """ECT's training loss, a callable like NVlabs EDM's loss classes:
 
@@ -65,6 +83,8 @@ class ConsistencyTuning:
         c: the pseudo-Huber constant; 0 is ECT's L2 norm, iCT uses 0.00054 * sqrt(pixels).
         stage_steps: optimiser steps per stage of the mapping function.
     """
+
+    few_step_student = True  # a teacher of a distillation it is not (``training.checkpoints.TeacherCheckpoint``)
 
     # keyword list one a line, as the schedules' (core/schedules.py says why `duplicates` pairs them)
     def __init__(
@@ -106,19 +126,7 @@ class ConsistencyTuning:
                 f"consistency tuning needs f(x, 0) = x, i.e. c_skip(0) = 1 and c_out(0) = 0, but objective={objective.name} "
                 f"has {c_skip:g} and {c_out:g}; fine-tune a model trained with objective=edm or objective=flow"
             )
-        # A one-step sample is f(x, sigma_max): a c_out that grows with sigma (eps-prediction's -sigma) multiplies the
-        # network's error by sigma_max there; EDM's (which tends to sigma_data), flow's and v's stay bounded. Probed far
-        # above sigma_max and any scale of the objective's own (sigma_data), where a bounded c_out has levelled off.
-        sigma_max = denoiser.schedule.sigma_max
-        far = 1e4 * max(1.0, sigma_max)
-        reach, further = (abs(float(objective.c_out(torch.tensor(s, dtype=torch.float64)))) for s in (far, 100 * far))
-        if not (math.isfinite(further) and further <= 2 * reach):
-            at_max = abs(float(objective.c_out(torch.tensor(sigma_max))))
-            raise ConfigError(
-                f"consistency tuning needs a bounded c_out, but objective={objective.name}'s grows with sigma ({reach:.3g} at "
-                f"{far:.3g}, {further:.3g} at {100 * far:.3g}); a one-step sample would scale the network's error by "
-                f"{at_max:.3g} at sigma_max={sigma_max:g}; fine-tune a model trained with objective=edm or objective=flow"
-            )
+        check_one_step_generator(denoiser, "consistency tuning")
 
     def stage(self, step: int) -> int:
         return step // self.stage_steps

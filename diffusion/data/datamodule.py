@@ -9,6 +9,7 @@ transforms and no loader workers. Sharding across DDP ranks is done here, by the
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import lightning as L
@@ -248,9 +249,11 @@ class ProceduralSprites(SpriteDataModule):
         if path is not None and not path.exists():
             images, labels = self._generate()
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npz")
+            # One temporary file a process (two jobs of a sweep may start at once), then an atomic rename: a
+            # concurrent reader never sees half a file.
+            tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
             np.savez(tmp, images=images, labels=labels)
-            tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+            tmp.replace(path)
 
     def _generate(self):
         from diffusion.data import procedural

@@ -127,6 +127,8 @@ ECT_KEYS = {
     "_target_": Str(), "P_mean": Float(), "P_std": POSITIVE, "q": Float(low=1, low_open=True), "k": NON_NEGATIVE,
     "b": NON_NEGATIVE, "c": NON_NEGATIVE, "stage_steps": Int(min=1),
 }
+TEACHER = ByTarget({"diffusion.training.checkpoints.TeacherCheckpoint": Node(
+    {"_target_": Str(), "path": OPTIONAL_PATH}, closed_for=("diffusion.",))})
 # A training method is one loss class per ``_target_`` (diffusion/core/): each names its own keys, so a typo in
 # one (``+training.method.P_meen``) stops at the check instead of in Hydra's instantiate.
 TRAINING_METHOD = ByTarget(
@@ -134,9 +136,11 @@ TRAINING_METHOD = ByTarget(
         "diffusion.core.denoising_loss.DenoisingLoss": Node({"_target_": Str()}, closed_for=("diffusion.",)),
         "diffusion.core.consistency_tuning.ConsistencyTuning": Node(ECT_KEYS, closed_for=("diffusion.",)),
         "diffusion.core.consistency_tuning.ConsistencyDistillation": Node(
-            {**ECT_KEYS, "teacher_steps": Int(min=1),
-             "teacher": ByTarget({"diffusion.training.checkpoints.TeacherCheckpoint": Node(
-                 {"_target_": Str(), "path": OPTIONAL_PATH}, closed_for=("diffusion.",))})},
+            {**ECT_KEYS, "teacher_steps": Int(min=1), "teacher": TEACHER}, closed_for=("diffusion.",),
+        ),
+        "diffusion.core.distribution_matching.DistributionMatching": Node(
+            {"_target_": Str(), "teacher": TEACHER, "levels": ListOf(POSITIVE, null=True),
+             "mid": Float(low=0, null=True, hint="0.821"), "fake_updates": Int(min=0)},
             closed_for=("diffusion.",),
         ),
         "diffusion.core.level_prediction.LevelPredictorLoss": Node(

@@ -127,7 +127,12 @@ def train(cfg: DictConfig) -> float:
     experiment_tracking.prepare_wandb(cfg, run_dir)
     callbacks.append(experiment_tracking.RunTracker(experiment_tracking.run_hparams(cfg, module, datamodule), run_dir))
     callbacks.append(timer)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.get("logger")) or False)
+    strategy = {}
+    if cfg.trainer.get("strategy") == "ddp" and getattr(module.method, "leaves_weights_unused", False):
+        # DMD's fake-score steps give the student's weights no gradient at all, which plain DDP stops on.
+        strategy = {"strategy": "ddp_find_unused_parameters_true"}
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_all(cfg.get("logger")) or False,
+                                     **strategy)
 
     if trainer.is_global_zero:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)

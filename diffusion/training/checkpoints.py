@@ -15,7 +15,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from diffusion.core.consistency_tuning import ConsistencyTuning
 from diffusion.core.errors import ConfigError
 from diffusion.training.builders import CONF_DIR, build_module
 from diffusion.training.module import DiffusionModule
@@ -155,7 +154,8 @@ def check_compatible(module: nn.Module, state_dict: dict[str, torch.Tensor], pat
 # `_target_` (os.system, builtins.exec, ...) that a tampered config -- .ckpt or .safetensors metadata -- names.
 CHECKPOINT_MODULES = (
     "diffusion.nets.", "diffusion.core.schedules", "diffusion.core.objectives", "diffusion.core.sampling",
-    "diffusion.core.denoising_loss", "diffusion.core.consistency_tuning", "diffusion.core.level_prediction",
+    "diffusion.core.denoising_loss", "diffusion.core.consistency_tuning", "diffusion.core.distribution_matching",
+    "diffusion.core.level_prediction",
     "diffusion.core.samplers.", "diffusion.training.module", "diffusion.training.checkpoints", "torch.optim",
 )
 BUILT_FROM_CONFIG = ("module", "network", "schedule", "objective", "optimizer", "sampler")
@@ -273,8 +273,11 @@ def initialize_from(module: DiffusionModule, path: str | Path) -> None:
             )
     if info.get("image_size") != module.image_size:
         raise ConfigError(f"init_from={path} was trained on {info.get('image_size')}-pixel images, this run's data are {module.image_size}; use the same data")
-    check_compatible(module, checkpoint["state_dict"], path)
-    module.load_state_dict(checkpoint["state_dict"])
+    # A training method's own networks (DMD's fake score, a level predictor) that the checkpoint lacks keep the start
+    # their method gives them.
+    weights = {**{k: v for k, v in module.state_dict().items() if k.startswith("method.")}, **checkpoint["state_dict"]}
+    check_compatible(module, weights, path)
+    module.load_state_dict(weights)
 
 
 
@@ -285,13 +288,13 @@ class TeacherCheckpoint:
 
     def __init__(self, path: str | Path | None):
         if path is None:
-            raise ConfigError("consistency distillation needs its teacher: init_from=RUN/checkpoints/last.ckpt (experiment=cd)")
+            raise ConfigError("distillation needs its teacher: init_from=RUN/checkpoints/last.ckpt (experiment=cd or experiment=dmd)")
         self.path = str(path)
 
     def __call__(self):
         module = module_from_checkpoint(load_checkpoint(self.path))
-        if isinstance(module.method, ConsistencyTuning):  # ECT's and distillation's models alike
-            raise ConfigError(f"init_from={self.path} is a consistency model, not a denoiser whose ODE can be followed: "
+        if getattr(module.method, "few_step_student", False):  # ECT's, CD's and DMD's models alike
+            raise ConfigError(f"init_from={self.path} is a few-step model, not a denoiser whose ODE or scores can be followed: "
                               "distil from the diffusion model it was tuned from")
         return module.denoiser.eval().requires_grad_(False)
 

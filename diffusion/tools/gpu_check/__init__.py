@@ -16,7 +16,8 @@ the CPU has fast bf16), a short run (``trainer.max_steps``, a few thousand proce
   why the callback's one-process default draws other images); the one-process default is printed beside it;
 
 * ``distil`` (asked for by name, ``--checks distil``: long): a rectified-flow teacher at the main job's budget (or
-  ``--teacher``), ``experiment=cd`` from it for ``--distil-steps`` with its FID curve at 1 and 2 steps, and the
+  ``--teacher``), ``experiment=dmd`` (``--method cd``: ``experiment=cd``) from it for ``--distil-steps`` with its FID
+  curve at 1, 2 and 4 steps, and the
   teacher's DDPM-500: passes when the few-step figures meet issue 19's targets (``distil.py``);
 
 and prints training images/s (over the last three quarters of the steps) with the share of the GPU's dense bf16
@@ -44,7 +45,6 @@ from diffusion.tools.gpu_check import compare, distil, runs, speed
 CHECKS = ("repeat", "ema", "resume", "fid", "distil")
 DEFAULT_CHECKS = CHECKS[:4]  # distil trains a teacher and distils it: asked for by name
 PROCEDURAL_VAL_FRACTION = 0.05  # conf/data/procedural.yaml
-DISTIL_STEPS = 640  # 8 stages of 80: a CD step costs about 8/3 training steps, so about the main job's 1,780 (distil.py)
 FID_TOLERANCE = 1e-3  # relative: float64 feature sums added in another order, reference features in other batches
 
 
@@ -60,8 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineArgumentParser(
         prog="python -m diffusion.tools.gpu_check", description=__doc__.split("\n\n")[0],
         epilog="Checks: repeat (two runs, same bits), ema (ranks agree), resume (SIGKILL + ckpt_path=auto, same bits), "
-        "fid (N processes = one process on the same images), distil (only by name: a flow teacher, consistency "
-        "distillation from it, FID at 1 and 2 steps against the teacher's DDPM-500). Exit status 0 only if every check passed. "
+        "fid (N processes = one process on the same images), distil (only by name: a flow teacher, distribution "
+        "matching or consistency distillation from it, FID at 1, 2 and 4 steps against the teacher's DDPM-500). Exit status 0 only if every check passed. "
         "CUDA_VISIBLE_DEVICES= (empty) runs the CPU variant on a GPU machine.",
     )
     parser.add_argument("--steps", type=int, default=40, help="trainer.max_steps of every run (default 40)")
@@ -81,8 +81,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="distil: the teacher's checkpoint, of train.py objective=flow schedule=flow (default: train one); "
                              "give the check the data overrides it was trained with")
     parser.add_argument("--teacher-steps", type=int, help="distil: the teacher's trainer.max_steps (default: the main job's)")
-    parser.add_argument("--distil-steps", type=int, default=DISTIL_STEPS,
-                        help=f"distil: consistency distillation steps (default {DISTIL_STEPS}: about the teacher's cost)")
+    parser.add_argument("--method", choices=sorted(distil.METHODS), default="dmd",
+                        help="distil: the few-step method, experiment=dmd (distribution matching) or experiment=cd "
+                             "(consistency distillation); default dmd")
+    parser.add_argument("--distil-steps", type=int,
+                        help="distil: the distillation's steps (default: about the teacher's cost, "
+                             + ", ".join(f"{name} {m.steps}" for name, m in sorted(distil.METHODS.items())) + ")")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides for every train.py run")
     return parser.parse_args(argv)
 
@@ -124,8 +128,10 @@ def make_plan(args: argparse.Namespace, processes: int, accelerator: str, precis
     if not 0 < every < args.steps:
         raise ConfigError(f"--checkpoint-every={every} must lie inside the run (1..{args.steps - 1}) for the resume check")
     if "distil" in args.checks:
+        if args.distil_steps is None:
+            args.distil_steps = distil.METHODS[args.method].steps
         if args.distil_steps < distil.STAGES:
-            raise ConfigError(f"--distil-steps={args.distil_steps} must be at least {distil.STAGES} (one per stage)")
+            raise ConfigError(f"--distil-steps={args.distil_steps} must be at least {distil.STAGES} (one FID a stage)")
         if args.teacher_steps is not None and args.teacher_steps < 1:
             raise ConfigError(f"--teacher-steps={args.teacher_steps} must be at least 1")
         if args.teacher is not None:

@@ -1,4 +1,4 @@
-"""The ``distil`` check: does consistency distillation from a flow teacher reach it, run where a GPU makes it cheap?
+"""The ``distil`` check: does a few-step model distilled from a flow teacher reach it, run where a GPU makes it cheap?
 
 Issue 19's targets for a few-step model distilled from a teacher: 2 steps within 30% of the teacher's DDPM-500 FID
 and 1 step within 60%, at a fine-tuning cost of at most the teacher's own training. The CPU runs of BENCHMARKS.md
@@ -7,14 +7,13 @@ a longer run would reach them; this check runs the whole recipe, at any length, 
 the real ``train.py`` and ``tools.sampler_fid``:
 
 1. the teacher, ``objective=flow schedule=flow`` at the main job's budget (or ``--teacher CKPT``);
-2. ``experiment=cd`` from it, FID at 1, 2 and 4 consistency steps every eighth of the run (its learning curve);
+2. ``experiment=dmd`` (or ``--method cd``: ``experiment=cd``) from it, FID at 1, 2 and 4 consistency steps every
+   eighth of the run (its learning curve);
 3. the teacher's DDPM over all 500 levels with the same protocol (1,000 samples against the validation split),
 
 and passes when the curve's last figures meet both targets and the distillation's training steps took no longer than
-the teacher's (where both times are known: a teacher trained by the check, or one in its run folder). The default
-length, ``DISTIL_STEPS`` in ``__init__``, is about the teacher's cost: a distillation step is one training step of
-the student and five forward passes (two DPM-Solver++(2S) steps of the teacher, the target network), about 8/3 of a
-teacher's step. Every run keeps its folder under ``--out``.
+the teacher's (where both times are known: a teacher trained by the check, or one in its run folder). Each method's
+default length (``METHODS``) is about the teacher's cost. Every run keeps its folder under ``--out``.
 """
 
 from __future__ import annotations
@@ -30,7 +29,25 @@ from diffusion.tools.gpu_check import runs
 from diffusion.training.run_timer import training_seconds
 
 ONE_STEP_TARGET, TWO_STEP_TARGET = 1.6, 1.3  # issue 19: FID against the teacher's DDPM-500
-STAGES = 8  # ECT's and CD's stages of r, as in the CPU runs (conf/experiment/ect.yaml)
+STAGES = 8  # FID every eighth of the run; CD's stages of r, as in its CPU runs (conf/experiment/ect.yaml)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A distillation of the check: its experiment and default length."""
+
+    experiment: str
+    steps: int  # about the teacher's training cost at the main job's budget
+    staged: bool  # the schedule of r comes in STAGES stages over the run (CD)
+
+
+METHODS = {
+    # 5 steps cost about 8 teacher steps (a generator step 8/3, a fake-score step 4/3): conf/experiment/dmd.yaml
+    "dmd": Method("experiment=dmd", 1100, staged=False),
+    # a CD step is one training step of the student and five forward passes (two DPM-Solver++(2S) steps of the
+    # teacher, the target network), about 8/3 of a teacher's step
+    "cd": Method("experiment=cd", 640, staged=True),
+}
 
 
 @dataclass
@@ -127,11 +144,11 @@ def check_distil(args, plan: runs.Plan, out: Path, report) -> None:
         report.info(f"distil: teacher trained ({teacher})")
     elif teacher.parent.name == "checkpoints":
         teacher_dir = teacher.parent.parent  # its run folder, for its training time
-    every = max(args.distil_steps // STAGES, 1)
-    train(plan, out / "distil", ["experiment=cd", "objective=flow", "schedule=flow", f"init_from={teacher}",
-                                 f"trainer.max_steps={args.distil_steps}", f"training.method.stage_steps={every}",
-                                 f"validation.every_n_steps={every}", f"callbacks.fid.every_n_steps={every}",
-                                 f"callbacks.fid.num_samples={args.fid_samples}"],
+    method, every = METHODS[args.method], max(args.distil_steps // STAGES, 1)
+    stages = [f"training.method.stage_steps={every}"] if method.staged else []
+    train(plan, out / "distil", [method.experiment, "objective=flow", "schedule=flow", f"init_from={teacher}",
+                                 f"trainer.max_steps={args.distil_steps}", *stages, f"validation.every_n_steps={every}",
+                                 f"callbacks.fid.every_n_steps={every}", f"callbacks.fid.num_samples={args.fid_samples}"],
           args.overrides, args.timeout)
     curve = Curve.read(out / "distil")
     for line in curve.table():
@@ -142,4 +159,4 @@ def check_distil(args, plan: runs.Plan, out: Path, report) -> None:
         cheap = spent <= taught
         line += f"; cost {spent:.0f} s of training steps against the teacher's {taught:.0f} s ({'within' if cheap else 'over'} it)"
         passed = passed and cheap
-    report.check("distil", passed, line)
+    report.check("distil", passed, f"{args.method}: {line}")

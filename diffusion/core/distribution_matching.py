@@ -1,0 +1,172 @@
+"""Distribution matching distillation (Yin et al. 2024, "One-step Diffusion with Distribution Matching Distillation",
+DMD; Yin et al. 2024, "Improved Distribution Matching Distillation for Fast Image Synthesis", DMD2): a one- or
+few-step generator trained to match the teacher's *distribution*, not its probability-flow ODE map.
+
+Why beside consistency distillation: a student that follows the teacher's ODE can be no better than the ODE's own
+samples, and a small teacher's deterministic samples are much worse than its stochastic ones (BENCHMARKS.md: the
+flow teacher's DDPM-500 0.83 against 1.7-2.0 for its ODE solved finely). DMD's fixed point is the teacher's marginal
+distribution p_real, the one that its stochastic samplers draw from.
+
+The generator is the run's own denoiser at the levels of a few-step consistency sampler: x = G(z) = D(x_T, sigma_0),
+x_T = sqrt(sigma_0^2 + 1) z as ``core.sampling.generate`` starts, and for a later level sigma_k the input is the
+generator's previous output noised to sigma_k (DMD2's "backward simulation", sec. 4.5), so the multistep consistency
+sampler (``core.samplers.consistency``) draws from it unchanged. The generator's loss is DMD's eq. 7-8: with
+x_t = x + t n at a level t of the teacher's training distribution,
+
+    grad = (D_fake(x_t, t) - D_real(x_t, t)) / mean|x - D_real(x_t, t)|,    L_G = 1/2 || x - sg(x - grad) ||^2,
+
+the KL divergence's gradient s_fake - s_real in x0 units, normalised per sample by DMD's w_t. D_real is the frozen
+teacher; D_fake, the "fake score", is a copy of the student's denoiser (the teacher's weights at the first step)
+trained with the denoising loss on the generator's own samples (DMD eq. 6), so that it tracks p_fake as the
+generator moves. DMD2's two time-scale rule (sec. 4.2) is ``fake_updates``: steps that train only D_fake before
+each generator step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from diffusion.core.consistency_tuning import check_one_step_generator
+from diffusion.core.denoiser import Denoiser, per_sample
+from diffusion.core.denoising_loss import DenoisingLoss, noise_like
+from diffusion.core.errors import ConfigError
+
+
+class DistributionMatching(nn.Module):
+    """DMD2's loss without its GAN term, as a training method (``training.method``; ``experiment=dmd``): per sample,
+    the generator's distribution-matching loss plus the fake score's denoising loss. Their gradients reach disjoint
+    weights (the student's and the fake score's), so one optimizer step trains both; the fake score is a submodule of
+    this method and so of the LightningModule (optimizer, EMA and checkpoints hold it, as the level predictor of
+    ``core.level_prediction``), while the teacher stays outside it as in consistency distillation.
+
+    Args:
+        teacher: a function of no arguments returning the teacher's denoiser (``training.checkpoints
+            .TeacherCheckpoint``), called once on first use.
+        levels: the generator's levels, descending; null: the schedule's sigma_max then ``mid`` (the levels of the
+            2-step consistency sampler ``conf/experiment/dmd.yaml`` samples with).
+        mid: the second level where ``levels`` is null (0 or null: a one-step generator only).
+        fake_updates: steps that train only the fake score before each step that trains the generator too (DMD2's
+            two time-scale update rule; 0: both every step).
+    """
+
+    few_step_student = True  # a teacher of another distillation it is not (``TeacherCheckpoint``)
+
+    def __init__(self, teacher: Callable[[], Denoiser], levels: list[float] | None = None, mid: float | None = 0.821,
+                 fake_updates: int = 4):
+        super().__init__()
+        if not callable(teacher):
+            raise ConfigError("training.method.teacher must build the teacher's denoiser (experiment=dmd sets it from init_from=CKPT)")
+        if levels is not None:
+            if not (isinstance(levels, (list, tuple)) and levels and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf for v in levels)
+                    and all(a > b for a, b in zip(levels, levels[1:]))):
+                raise ConfigError(f"training.method.levels={levels} must be a descending list of positive numbers, e.g. [80, 0.821], or null")
+        if mid is not None and not (isinstance(mid, (int, float)) and not isinstance(mid, bool) and mid >= 0):
+            raise ConfigError(f"training.method.mid={mid} must be a number >= 0 (0: one level), e.g. 0.821")
+        if isinstance(fake_updates, bool) or not isinstance(fake_updates, int) or fake_updates < 0:
+            raise ConfigError(f"training.method.fake_updates={fake_updates} must be an integer >= 0 (DMD2 uses 4)")
+        self._build_teacher, self._teacher = teacher, None
+        self.levels_given = None if levels is None else [float(v) for v in levels]
+        self.mid, self.fake_updates = (float(mid) if mid else 0.0), fake_updates
+        self.levels: list[float] = []
+        self.fake: Denoiser | None = None
+        # 0 until the fake score has taken the student's weights (the teacher's, loaded by init_from) at the first step;
+        # a float, which the EMA averages with the weights (to a value > 0 once started).
+        self.register_buffer("fake_started", torch.zeros(()))
+
+    def check(self, denoiser: Denoiser) -> None:
+        """The generator's first level is a one-step sample, so it needs the bounded c_out of consistency models; the
+        fake score is built here as a copy of the denoiser, so that the module's parameters hold it from the start."""
+        check_one_step_generator(denoiser, "distribution matching distillation")
+        sigma_max = denoiser.schedule.sigma_max
+        if self.levels_given is not None:
+            if self.levels_given[0] > sigma_max:
+                raise ConfigError(f"training.method.levels start at {self.levels_given[0]:g}, above the schedule's sigma_max={sigma_max:g}")
+            self.levels = self.levels_given
+        else:
+            if self.mid >= sigma_max:
+                raise ConfigError(f"training.method.mid={self.mid:g} must be below the schedule's sigma_max={sigma_max:g}")
+            self.levels = [sigma_max, self.mid] if self.mid > 0 else [sigma_max]
+        self.fake = copy.deepcopy(denoiser)
+
+    def teacher(self, like: Tensor) -> Denoiser | Callable:
+        """The teacher on ``like``'s device, built on first use without moving the CPU RNG."""
+        if self._teacher is None:
+            with torch.random.fork_rng(devices=[]):
+                # Kept out of nn.Module's registry: the teacher is no part of the trained model (its parameters, EMA
+                # and checkpoints).
+                object.__setattr__(self, "_teacher", self._build_teacher())
+        if isinstance(self._teacher, nn.Module):
+            self._teacher.to(like.device)
+        return self._teacher
+
+    def start_fake(self, denoiser: Denoiser) -> None:
+        """At the first step the fake score is the teacher: p_fake = p_real as far as the student starts as the teacher."""
+        if not float(self.fake_started) > 0:
+            with torch.no_grad():
+                self.fake.load_state_dict(denoiser.state_dict())
+            self.fake_started.fill_(1)
+
+    def generator_inputs(self, denoiser: Denoiser, z: Tensor, level: Tensor, labels: Tensor | None,
+                         generator: torch.Generator | None) -> Tensor:
+        """x at each sample's generator level ``level`` (an index into ``levels``): sqrt(sigma_0^2 + 1) z at the first,
+        the previous level's output noised to sigma_k at the others (backward simulation, without gradients)."""
+        x = z * math.sqrt(self.levels[0] ** 2 + 1)
+        inputs = x
+        for k in range(1, len(self.levels)):
+            if not bool((level >= k).any()):
+                break
+            with torch.no_grad():
+                x = denoiser(x, torch.tensor(self.levels[k - 1]), labels) + self.levels[k] * noise_like(z, generator)
+            inputs = torch.where((level == k).view(-1, 1, 1, 1), x, inputs)
+        return inputs
+
+    # The signature of every training method (docs/architecture.md), repeated by design as in denoising_loss.
+    def forward(
+        self,
+        denoiser: Denoiser,
+        x0: Tensor,
+        labels: Tensor | None = None,
+        step: int = 0,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Per-sample loss; ``x0`` gives only the batch's shape and device (DMD trains on the generator's samples,
+        the data's labels giving their class mix); ``generator`` fixes every draw (validation)."""
+        self.start_fake(denoiser)
+        n = x0.shape[0]
+        level = torch.randint(len(self.levels), (n,), generator=generator).to(x0.device)
+        x_in = self.generator_inputs(denoiser, noise_like(x0, generator), level, labels, generator)
+        sigmas = torch.tensor(self.levels, device=x0.device)[level]
+        train_generator = step % (self.fake_updates + 1) == self.fake_updates
+        if train_generator:
+            x = denoiser(x_in, sigmas, labels)
+            generator_loss = self.matching_loss(x, labels, generator)
+        else:  # the student's weights get no gradient at all this step, so the optimizer leaves them as they are
+            with torch.no_grad():
+                x = denoiser(x_in, sigmas, labels)
+            generator_loss = torch.zeros(n, device=x0.device)
+        return generator_loss + self.fake_loss(x.detach(), labels, generator)
+
+    def matching_loss(self, x: Tensor, labels: Tensor | None, generator: torch.Generator | None) -> Tensor:
+        """DMD's eq. 7-8: 1/2 ||x - sg(x - grad)||^2 per sample (mean over pixels), whose gradient in x is ``grad``
+        (over the pixel count), the difference of the two denoisers at x_t, normalised by the teacher's mean error."""
+        with torch.no_grad():
+            t = self.fake.schedule.sample_sigma(x.shape[0], generator=generator).to(x.device)
+            x_t = x + per_sample(t, x) * noise_like(x, generator)
+            real = self.teacher(x)(x_t, t, labels)
+            fake = self.fake(x_t, t, labels)
+            weight = 1 / (x - real).abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+            target = x - (fake - real) * weight
+        return 0.5 * (x - target).pow(2).mean(dim=(1, 2, 3))
+
+    def fake_loss(self, x: Tensor, labels: Tensor | None, generator: torch.Generator | None) -> Tensor:
+        """The fake score's denoising loss on the generator's samples (DMD eq. 6), at the schedule's training levels."""
+        sigma = self.fake.schedule.sample_sigma(x.shape[0], generator=generator).to(x.device)
+        return DenoisingLoss.at(self.fake, x, sigma, noise_like(x, generator), labels)
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels or self.levels_given}, mid={self.mid:g}, fake_updates={self.fake_updates}"
