@@ -4,19 +4,20 @@ few-step generator trained to match the teacher's *distribution*, not its probab
 
 Why beside consistency distillation: a student that follows the teacher's ODE can be no better than the ODE's own
 samples, and a small teacher's deterministic samples are much worse than its stochastic ones (BENCHMARKS.md: the
-flow teacher's DDPM-500 0.83 against 1.7-2.0 for its ODE solved finely). DMD's fixed point is the teacher's marginal
+flow teacher's DDPM-500 0.83 against 1.74-1.78 for its ODE solved in 100 steps). DMD's fixed point is the teacher's marginal
 distribution p_real, the one that its stochastic samplers draw from.
 
 The generator is the run's own denoiser at the levels of a few-step consistency sampler: x = G(z) = D(x_T, sigma_0),
 x_T = sqrt(sigma_0^2 + 1) z as ``core.sampling.generate`` starts, and for a later level sigma_k the input is the
 generator's previous output noised to sigma_k (DMD2's "backward simulation", sec. 4.5), so the multistep consistency
 sampler (``core.samplers.consistency``) draws from it unchanged. The generator's loss is DMD's eq. 7-8: with
-x_t = x + t n at a level t of the teacher's training distribution,
+x_t = x + t n at a level t of the run's training distribution (``matching_loss`` says how DMD's differs),
 
     grad = (D_fake(x_t, t) - D_real(x_t, t)) / mean|x - D_real(x_t, t)|,    L_G = 1/2 || x - sg(x - grad) ||^2,
 
-the KL divergence's gradient s_fake - s_real in x0 units, normalised per sample by DMD's w_t. D_real is the frozen
-teacher; D_fake, the "fake score", is a copy of the student's denoiser (the teacher's weights at the first step)
+the KL divergence's gradient s_fake - s_real in x0 units, normalised per sample by DMD's w_t (in sigma form,
+alpha_t = 1, its sigma_t^2 / alpha_t turns scores into denoisers). D_real is the frozen teacher; D_fake, the "fake
+score", is a network of the student's shape that takes the teacher's weights at the first step,
 trained with the denoising loss on the generator's own samples (DMD eq. 6), so that it tracks p_fake as the
 generator moves. DMD2's two time-scale rule (sec. 4.2) is ``fake_updates``: steps that train only D_fake before
 each generator step.
@@ -26,7 +27,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -48,8 +50,9 @@ class DistributionMatching(nn.Module):
         teacher: a function of no arguments returning the teacher's denoiser (``training.checkpoints
             .TeacherCheckpoint``), called once on first use.
         levels: the generator's levels, descending; null: the schedule's sigma_max then ``mid`` (the levels of the
-            2-step consistency sampler ``conf/experiment/dmd.yaml`` samples with).
-        mid: the second level where ``levels`` is null (0 or null: a one-step generator only).
+            2-step consistency sampler ``conf/experiment/dmd.yaml`` samples with). Levels that start below sigma_max
+            are sampled with the consistency sampler walking the same ones (``spacing=optimized``, ``levels=``).
+        mid: the second level where ``levels`` is null (0 or null: a one-step generator only); ignored with ``levels``.
         fake_updates: steps that train only the fake score before each step that trains the generator too (DMD2's
             two time-scale update rule; 0: both every step).
     """
@@ -61,10 +64,12 @@ class DistributionMatching(nn.Module):
         super().__init__()
         if not callable(teacher):
             raise ConfigError("training.method.teacher must build the teacher's denoiser (experiment=dmd sets it from init_from=CKPT)")
-        if levels is not None:
-            if not (isinstance(levels, (list, tuple)) and levels and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf for v in levels)
+        if levels is not None:  # a list, or Hydra's ListConfig
+            if not (isinstance(levels, Sequence) and not isinstance(levels, str) and len(levels) > 0
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf for v in levels)
                     and all(a > b for a, b in zip(levels, levels[1:]))):
-                raise ConfigError(f"training.method.levels={levels} must be a descending list of positive numbers, e.g. [80, 0.821], or null")
+                raise ConfigError(f"training.method.levels={list(levels) if isinstance(levels, Sequence) else levels} must be a "
+                                  "descending list of positive numbers, e.g. [80, 0.821], or null")
         if mid is not None and not (isinstance(mid, (int, float)) and not isinstance(mid, bool) and mid >= 0):
             raise ConfigError(f"training.method.mid={mid} must be a number >= 0 (0: one level), e.g. 0.821")
         if isinstance(fake_updates, bool) or not isinstance(fake_updates, int) or fake_updates < 0:
@@ -74,9 +79,16 @@ class DistributionMatching(nn.Module):
         self.mid, self.fake_updates = (float(mid) if mid else 0.0), fake_updates
         self.levels: list[float] = []
         self.fake: Denoiser | None = None
-        # 0 until the fake score has taken the student's weights (the teacher's, loaded by init_from) at the first step;
-        # a float, which the EMA averages with the weights (to a value > 0 once started).
+        # 0 until the fake score has taken the teacher's weights at the first step (1 after, in checkpoints too); a
+        # float, which the EMA averages with the weights (to a value > 0 once started).
         self.register_buffer("fake_started", torch.zeros(()))
+        self._started = False  # the buffer's answer, kept once true: no device-to-host read a step
+
+    @property
+    def leaves_weights_unused(self) -> bool:
+        """Fake-score steps give the student's weights no gradient at all (``tools.train`` then runs DDP with
+        ``find_unused_parameters``)."""
+        return self.fake_updates > 0
 
     def check(self, denoiser: Denoiser) -> None:
         """The generator's first level is a one-step sample, so it needs the bounded c_out of consistency models; the
@@ -104,25 +116,39 @@ class DistributionMatching(nn.Module):
             self._teacher.to(like.device)
         return self._teacher
 
-    def start_fake(self, denoiser: Denoiser) -> None:
-        """At the first step the fake score is the teacher: p_fake = p_real as far as the student starts as the teacher."""
-        if not float(self.fake_started) > 0:
+    def start_fake(self, like: Tensor) -> None:
+        """At the first training step the fake score takes the teacher's weights (DMD sec. 3.2: both score functions
+        start as the pretrained model); its own steps then move it towards the generator's distribution, which at the
+        start (the teacher's one-step sample, near the data's mean) is far from the teacher's. Only in training mode:
+        during validation the EMA's weights and buffers stand in the module (the EMA callback's swap), so a copy there
+        would land in the EMA and leave the trained fake score as it was built."""
+        if self._started or not self.training:
+            return
+        if not float(self.fake_started) > 0:  # a resumed run reads 1 from its checkpoint
             with torch.no_grad():
-                self.fake.load_state_dict(denoiser.state_dict())
+                self.fake.load_state_dict(self.teacher(like).state_dict())
             self.fake_started.fill_(1)
+        self._started = True
 
     def generator_inputs(self, denoiser: Denoiser, z: Tensor, level: Tensor, labels: Tensor | None,
                          generator: torch.Generator | None) -> Tensor:
         """x at each sample's generator level ``level`` (an index into ``levels``): sqrt(sigma_0^2 + 1) z at the first,
-        the previous level's output noised to sigma_k at the others (backward simulation, without gradients)."""
-        x = z * math.sqrt(self.levels[0] ** 2 + 1)
-        inputs = x
+        as ``core.sampling.generate`` starts; at a later level sigma_k the generator's own sample from the level
+        before, noised to sigma_k, as the multistep consistency sampler makes it (DMD2's backward simulation, sec.
+        4.5): without gradients, in eval mode as when sampling, and only for the samples that go that far."""
+        inputs = z * math.sqrt(self.levels[0] ** 2 + 1)
+        noise = [noise_like(z, generator) for _ in self.levels[1:]]  # drawn for every sample: the draws do not depend on level
+        deeper = torch.arange(len(z), device=z.device)
+        x = inputs
         for k in range(1, len(self.levels)):
-            if not bool((level >= k).any()):
+            keep = level[deeper] >= k
+            deeper, x = deeper[keep], x[keep]
+            if len(deeper) == 0:
                 break
-            with torch.no_grad():
-                x = denoiser(x, torch.tensor(self.levels[k - 1]), labels) + self.levels[k] * noise_like(z, generator)
-            inputs = torch.where((level == k).view(-1, 1, 1, 1), x, inputs)
+            with torch.no_grad(), evaluating(denoiser):
+                x = denoiser(x, torch.tensor(self.levels[k - 1]), None if labels is None else labels[deeper])
+            x = x + self.levels[k] * noise[k - 1][deeper]
+            inputs = inputs.index_copy(0, deeper, x)  # the deepest level so far; a later k overwrites it
         return inputs
 
     # The signature of every training method (docs/architecture.md), repeated by design as in denoising_loss.
@@ -135,13 +161,14 @@ class DistributionMatching(nn.Module):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Per-sample loss; ``x0`` gives only the batch's shape and device (DMD trains on the generator's samples,
-        the data's labels giving their class mix); ``generator`` fixes every draw (validation)."""
-        self.start_fake(denoiser)
+        the data's labels giving their class mix); ``generator`` fixes every draw (validation, whose loss, in eval
+        mode, always holds both terms, so that it does not jump with the step)."""
+        self.start_fake(x0)
         n = x0.shape[0]
         level = torch.randint(len(self.levels), (n,), generator=generator).to(x0.device)
         x_in = self.generator_inputs(denoiser, noise_like(x0, generator), level, labels, generator)
         sigmas = torch.tensor(self.levels, device=x0.device)[level]
-        train_generator = step % (self.fake_updates + 1) == self.fake_updates
+        train_generator = not self.training or step % (self.fake_updates + 1) == self.fake_updates
         if train_generator:
             x = denoiser(x_in, sigmas, labels)
             generator_loss = self.matching_loss(x, labels, generator)
@@ -153,8 +180,13 @@ class DistributionMatching(nn.Module):
 
     def matching_loss(self, x: Tensor, labels: Tensor | None, generator: torch.Generator | None) -> Tensor:
         """DMD's eq. 7-8: 1/2 ||x - sg(x - grad)||^2 per sample (mean over pixels), whose gradient in x is ``grad``
-        (over the pixel count), the difference of the two denoisers at x_t, normalised by the teacher's mean error."""
-        with torch.no_grad():
+        (over the pixel count), the difference of the two denoisers at x_t, normalised by the teacher's mean error.
+
+        The levels t are the run's schedule's training levels (the flow schedule's logit-normal, EDM's log-normal),
+        where DMD draws t uniformly over the teacher's 1,000 DDPM steps and DMD2 a uniform index of EDM's Karras grid:
+        theirs weigh the high levels (global structure) more. The fake score is evaluated as the teacher is, in eval
+        mode, so that dropout adds nothing to D_fake - D_real."""
+        with torch.no_grad(), evaluating(self.fake):
             t = self.fake.schedule.sample_sigma(x.shape[0], generator=generator).to(x.device)
             x_t = x + per_sample(t, x) * noise_like(x, generator)
             real = self.teacher(x)(x_t, t, labels)
@@ -170,3 +202,14 @@ class DistributionMatching(nn.Module):
 
     def extra_repr(self) -> str:
         return f"levels={self.levels or self.levels_given}, mid={self.mid:g}, fake_updates={self.fake_updates}"
+
+
+@contextmanager
+def evaluating(module: nn.Module):
+    """``module`` in eval mode inside the block, its mode restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
