@@ -206,28 +206,36 @@ class ConsistencyDistillation(ConsistencyTuning):
         if isinstance(teacher_steps, bool) or not isinstance(teacher_steps, int) or teacher_steps < 1:
             raise ConfigError(f"training.method.teacher_steps={teacher_steps} must be a positive integer (teacher's solver steps from t to r)")
         self.teacher_steps = teacher_steps
-        self._build_teacher, self._teacher = teacher, None
+        self.teacher = LazyTeacher(teacher)
         self.sigma_min = 0.002  # where the r = 0 paths take their last step: EDM's; check() reads the run's schedule
 
     def check(self, denoiser: Denoiser) -> None:
         super().check(denoiser)
         self.sigma_min = denoiser.schedule.sigma_min
 
-    def teacher(self, like: Tensor) -> Denoiser | Callable:
-        """The teacher on ``like``'s device, built on first use (its checkpoint is read once per process)."""
-        if self._teacher is None:
-            with torch.random.fork_rng(devices=[]):  # building it must not move the CPU RNG: f(x_r)'s dropout mask
-                self._teacher = self._build_teacher()
-        teacher = self._teacher
-        if isinstance(teacher, nn.Module):
-            teacher.to(like.device)
-        return teacher
-
     def point_at(self, x0: Tensor, eps: Tensor, x_t: Tensor, t: Tensor, r: Tensor, labels: Tensor | None) -> Tensor:
         return dpm_solver_path(self.teacher(x_t), x_t, t, r, self.teacher_steps, self.sigma_min, labels)
 
     def _more_repr(self) -> str:
         return f", teacher_steps={self.teacher_steps}"
+
+
+class LazyTeacher:
+    """A distillation's frozen teacher, built on first use by ``build`` (its checkpoint read once a process, so a
+    distilled model's checkpoint loads for sampling without the teacher's file) and called with a tensor ``like`` to
+    get it on that tensor's device. Not an ``nn.Module``: a method that is one (``DistributionMatching``) holds it
+    without making the teacher part of the trained model (its parameters, EMA and checkpoints)."""
+
+    def __init__(self, build: Callable[[], Denoiser]):
+        self.build, self.teacher = build, None
+
+    def __call__(self, like: Tensor) -> Denoiser | Callable:
+        if self.teacher is None:
+            with torch.random.fork_rng(devices=[]):  # building it must not move the CPU RNG (dropout masks)
+                self.teacher = self.build()
+        if isinstance(self.teacher, nn.Module):
+            self.teacher.to(like.device)
+        return self.teacher
 
 
 def dpm_solver_path(denoiser: Callable, x: Tensor, t: Tensor, r: Tensor, steps: int, sigma_min: float, labels: Tensor | None = None) -> Tensor:

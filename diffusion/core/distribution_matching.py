@@ -33,7 +33,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from diffusion.core.consistency_tuning import check_one_step_generator
+from diffusion.core.consistency_tuning import LazyTeacher, check_one_step_generator
 from diffusion.core.denoiser import Denoiser, per_sample
 from diffusion.core.denoising_loss import DenoisingLoss, noise_like
 from diffusion.core.errors import ConfigError
@@ -74,7 +74,7 @@ class DistributionMatching(nn.Module):
             raise ConfigError(f"training.method.mid={mid} must be a number >= 0 (0: one level), e.g. 0.821")
         if isinstance(fake_updates, bool) or not isinstance(fake_updates, int) or fake_updates < 0:
             raise ConfigError(f"training.method.fake_updates={fake_updates} must be an integer >= 0 (DMD2 uses 4)")
-        self._build_teacher, self._teacher = teacher, None
+        self.teacher = LazyTeacher(teacher)
         self.levels_given = None if levels is None else [float(v) for v in levels]
         self.mid, self.fake_updates = (float(mid) if mid else 0.0), fake_updates
         self.levels: list[float] = []
@@ -104,17 +104,6 @@ class DistributionMatching(nn.Module):
                 raise ConfigError(f"training.method.mid={self.mid:g} must be below the schedule's sigma_max={sigma_max:g}")
             self.levels = [sigma_max, self.mid] if self.mid > 0 else [sigma_max]
         self.fake = copy.deepcopy(denoiser)
-
-    def teacher(self, like: Tensor) -> Denoiser | Callable:
-        """The teacher on ``like``'s device, built on first use without moving the CPU RNG."""
-        if self._teacher is None:
-            with torch.random.fork_rng(devices=[]):
-                # Kept out of nn.Module's registry: the teacher is no part of the trained model (its parameters, EMA
-                # and checkpoints).
-                object.__setattr__(self, "_teacher", self._build_teacher())
-        if isinstance(self._teacher, nn.Module):
-            self._teacher.to(like.device)
-        return self._teacher
 
     def start_fake(self, like: Tensor) -> None:
         """At the first training step the fake score takes the teacher's weights (DMD sec. 3.2: both score functions
