@@ -2,9 +2,9 @@
 DMD; Yin et al. 2024, "Improved Distribution Matching Distillation for Fast Image Synthesis", DMD2): a one- or
 few-step generator trained to match the teacher's *distribution*, not its probability-flow ODE map.
 
-Why beside consistency distillation: a student that follows the teacher's ODE can be no better than the ODE's own
-samples, and a small teacher's deterministic samples are much worse than its stochastic ones (BENCHMARKS.md: the
-flow teacher's DDPM-500 0.83 against 1.74-1.78 for its ODE solved in 100 steps). DMD's fixed point is the teacher's marginal
+Why beside consistency distillation: a student that reproduces the teacher's exact ODE map samples what the ODE
+samples, and a small teacher's ODE samples are much worse than its stochastic ones (BENCHMARKS.md: the flow
+teacher's ODE solved in 100 steps scores 1.74-1.78, its DDPM-500 0.83). DMD's fixed point is the teacher's marginal
 distribution p_real, the one that its stochastic samplers draw from.
 
 The generator is the run's own denoiser at the levels of a few-step consistency sampler: x = G(z) = D(x_T, sigma_0),
