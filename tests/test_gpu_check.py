@@ -143,6 +143,8 @@ def test_the_distil_check_reads_the_curve_and_judges_it_against_the_targets(tmp_
     assert not curve.verdict(0.95)[0]  # 2 steps 1.32x the teacher: over 1.3x
     write("fid.json", {108: 20.0, 216: 3.1, 324: 1.7})
     assert not distil.Curve.read(tmp_path).verdict(1.0)[0]  # 2 steps 1.25x passes, 1 step 1.7x does not
+    assert distil.Curve.read(tmp_path).verdict(1.0, judged=(2,))[0]  # a 2-step generator (dmd) is judged at 2 only
+    assert not distil.Curve.read(tmp_path).verdict(1.0, judged=(1,))[0]
     (tmp_path / "fid_2step.json").unlink()
     with pytest.raises(runs.Failed, match="fid_2step.json cannot be read"):
         distil.Curve.read(tmp_path)

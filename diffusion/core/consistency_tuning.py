@@ -50,7 +50,6 @@ def pseudo_huber(diff: Tensor, c: float) -> Tensor:
     return (flat.square().sum(1) + c**2).sqrt() - c
 
 
-
 def check_one_step_generator(denoiser: Denoiser, method: str) -> None:
     """Refuse, in one line, a denoiser whose one-step sample D(x, sigma_max) is ill conditioned: a c_out that grows
     with sigma (eps-prediction's -sigma) multiplies the network's error by sigma_max there; EDM's (which tends to

@@ -16,9 +16,9 @@ the CPU has fast bf16), a short run (``trainer.max_steps``, a few thousand proce
   why the callback's one-process default draws other images); the one-process default is printed beside it;
 
 * ``distil`` (asked for by name, ``--checks distil``: long): a rectified-flow teacher at the main job's budget (or
-  ``--teacher``), ``experiment=dmd`` (``--method cd``: ``experiment=cd``) from it for ``--distil-steps`` with its FID
-  curve at 1, 2 and 4 steps, and the
-  teacher's DDPM-500: passes when the few-step figures meet issue 19's targets (``distil.py``);
+  ``--teacher``), ``experiment=dmd`` (``--method dmd_1step`` or ``cd``: that experiment) from it for
+  ``--distil-steps`` with its FID curve at 1, 2 and 4 steps, and the teacher's DDPM-500: passes when the few-step
+  figures meet issue 19's targets (``distil.py``);
 
 and prints training images/s (over the last three quarters of the steps) with the share of the GPU's dense bf16
 peak it reaches (FLOPs per image of one forward and backward, counted by FlopCounterMode). One PASS/FAIL line a
@@ -82,8 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "give the check the data overrides it was trained with")
     parser.add_argument("--teacher-steps", type=int, help="distil: the teacher's trainer.max_steps (default: the main job's)")
     parser.add_argument("--method", choices=sorted(distil.METHODS), default="dmd",
-                        help="distil: the few-step method, experiment=dmd (distribution matching) or experiment=cd "
-                             "(consistency distillation); default dmd")
+                        help="distil: the few-step method, experiment=dmd (distribution matching, judged at 2 steps), "
+                             "dmd_1step (judged at 1 step) or cd (consistency distillation, both); default dmd")
     parser.add_argument("--distil-steps", type=int,
                         help="distil: the distillation's steps (default: about the teacher's cost, "
                              + ", ".join(f"{name} {m.steps}" for name, m in sorted(distil.METHODS.items())) + ")")
