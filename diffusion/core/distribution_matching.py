@@ -4,7 +4,7 @@ few-step generator trained to match the teacher's *distribution*, not its probab
 
 Why beside consistency distillation: a student that reproduces the teacher's exact ODE map samples what the ODE
 samples, and a small teacher's ODE samples are much worse than its stochastic ones (BENCHMARKS.md: the flow
-teacher's ODE solved in 100 steps scores 1.74-1.78, its DDPM-500 0.83). DMD's fixed point is the teacher's marginal
+teacher's ODE solved with about 100 evaluations scores 1.74-1.78, its DDPM-500 0.83). DMD's fixed point is the teacher's marginal
 distribution p_real, the one that its stochastic samplers draw from.
 
 The generator is the run's own denoiser at the levels of a few-step consistency sampler: x = G(z) = D(x_T, sigma_0),
