@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -63,6 +64,17 @@ class Denoiser(nn.Module):
         sigma = per_sample(sigma, x)
         x = x.float()
         return self.objective.c_skip(sigma) * x + self.objective.c_out(sigma) * self.raw(x, sigma, labels)
+
+
+@contextmanager
+def evaluating(module: nn.Module):
+    """``module`` in eval mode inside the block (no dropout: as when sampling), its mode restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def conditioned(denoiser: Denoiser, labels: Tensor | None, guidance: float = 0.0, null_label: int | None = None) -> DenoiserFn:

@@ -28,13 +28,12 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
 from diffusion.core.consistency_tuning import LazyTeacher, check_one_step_generator
-from diffusion.core.denoiser import Denoiser, per_sample
+from diffusion.core.denoiser import Denoiser, evaluating, per_sample
 from diffusion.core.denoising_loss import DenoisingLoss, noise_like
 from diffusion.core.errors import ConfigError
 
@@ -192,13 +191,3 @@ class DistributionMatching(nn.Module):
     def extra_repr(self) -> str:
         return f"levels={self.levels or self.levels_given}, mid={self.mid:g}, fake_updates={self.fake_updates}"
 
-
-@contextmanager
-def evaluating(module: nn.Module):
-    """``module`` in eval mode inside the block, its mode restored after."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was_training)

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffusion.core.denoiser import evaluating
 from diffusion.core.errors import ConfigError
 
 ARCH_VERSION = "sprite-cnn-v1"
@@ -138,14 +139,12 @@ def _settings(settings: TrainSettings | Mapping[str, Any] | None, **overrides) -
 def accuracy(model: SpriteFeatureNet, images: Tensor, labels: Tensor, batch_size: int = 1024) -> float:
     if len(images) == 0:
         return float("nan")
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     correct = 0
-    for start in range(0, len(images), batch_size):
-        logits = model.logits(images[start : start + batch_size].to(device))
-        correct += int((logits.argmax(1).cpu() == labels[start : start + batch_size]).sum())
-    model.train(was_training)
+    with evaluating(model):
+        for start in range(0, len(images), batch_size):
+            logits = model.logits(images[start : start + batch_size].to(device))
+            correct += int((logits.argmax(1).cpu() == labels[start : start + batch_size]).sum())
     return correct / len(images)
 
 

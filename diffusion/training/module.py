@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from diffusion.core.denoiser import Denoiser, per_sample
+from diffusion.core.denoiser import Denoiser, evaluating, per_sample
 from diffusion.core.denoising_loss import DenoisingLoss
 from diffusion.core.errors import ConfigError, TrainingDiverged
 from diffusion.core.level_prediction import LEVELS, PredictedLevel
@@ -36,16 +36,12 @@ def check_network(denoiser: Denoiser, num_classes: int, image_size: int) -> None
     net = denoiser.net
     x = torch.zeros(2, 3, image_size, image_size)
     labels = torch.tensor([0, num_classes]) if num_classes else None
-    was_training = net.training
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            net.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), evaluating(net):
             output = denoiser.net_output(x, per_sample(torch.ones(()), x), labels)
     except (TypeError, RuntimeError, IndexError, ValueError) as err:
         detail = (str(err).splitlines() or [type(err).__name__])[0]
         raise ConfigError(f"network {type(net).__name__} failed a dry run on the CPU on {image_size}x{image_size} images with {num_classes} classes ({detail}); {NETWORK_CONTRACT}") from None
-    finally:
-        net.train(was_training)
     if not isinstance(output, Tensor):
         raise ConfigError(f"network {type(net).__name__} returned a {type(output).__name__}, not a tensor; {NETWORK_CONTRACT}")
     if tuple(output.shape) != tuple(x.shape):
@@ -255,9 +251,7 @@ class DiffusionModule(L.LightningModule):
         ``bf16``: the network under bf16 autocast; ``level``, ``level_spread``: see ``sampling_denoiser``."""
         if labels is not None and self.num_classes == 0:
             raise ConfigError("this model was trained without class labels; drop label=")
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             return generate(
                 self.sampling_denoiser(level, level_spread),
                 sampler or self.sampler,
@@ -272,5 +266,3 @@ class DiffusionModule(L.LightningModule):
                 bf16=bf16,
                 data_mean=self.data_mean,
             )
-        finally:
-            self.train(was_training)
